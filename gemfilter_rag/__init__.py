@@ -1,0 +1,16 @@
+"""GemFilter for RAG: compress retrieved context with the early layers of a local LLM."""
+
+from .compressor import GemFilterCompressor
+from .config import GemFilterConfig, ScoringConfig
+from .result import CompressionResult, DocumentResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionResult",
+    "DocumentResult",
+    "GemFilterCompressor",
+    "GemFilterConfig",
+    "ScoringConfig",
+    "__version__",
+]

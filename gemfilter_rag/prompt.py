@@ -1,0 +1,117 @@
+"""Build the filter prompt ``[prefix; documents; middle; query; suffix]`` as token ids.
+
+Each piece is tokenized on its own, so every context token belongs to exactly one document and
+carries an exact character span of it (from the tokenizer's offsets, never from decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_CTX = "\x00GEMFILTER_CONTEXT\x00"
+_QRY = "\x00GEMFILTER_QUERY\x00"
+
+
+@dataclass(frozen=True)
+class TokenizedDocument:
+    """A document's tokens and the character span each one owns.
+
+    The spans partition the document: span i is ``[starts[i], ends[i])``, consecutive spans touch,
+    the first starts at 0 and the last ends at ``len(text)``, so keeping every token keeps the
+    text byte for byte.
+    """
+
+    text: str
+    ids: list[int]
+    starts: list[int]
+    ends: list[int]
+
+
+@dataclass(frozen=True)
+class FilterPrompt:
+    """The token ids of one filter pass and where each part sits."""
+
+    input_ids: torch.Tensor  # (T,)
+    documents: list[TokenizedDocument]
+    doc_offsets: list[int]  # position of each document's first token in input_ids
+    query_start: int  # position of the query's first token
+    context_tokens: int
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def context_positions(self) -> torch.Tensor:
+        """Positions in ``input_ids`` of every context token, document by document. (N,)"""
+        parts = [torch.arange(o, o + len(d.ids)) for o, d in zip(self.doc_offsets, self.documents)]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+
+def prompt_frame(tokenizer: Any, template: str, use_chat_template: bool) -> tuple[str, str, str]:
+    """Split the full prompt text into (prefix, middle, suffix) around context and query."""
+    user = template.replace("{context}", _CTX).replace("{query}", _QRY)
+    text = user
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                             add_generation_prompt=True)
+    prefix, rest = text.split(_CTX)
+    middle, suffix = rest.split(_QRY)
+    if not (use_chat_template and getattr(tokenizer, "chat_template", None)) and tokenizer.bos_token:
+        prefix = tokenizer.bos_token + prefix
+    return prefix, middle, suffix
+
+
+def tokenize_document(tokenizer: Any, text: str) -> TokenizedDocument:
+    """Tokenize one document and give each token a contiguous span of it."""
+    if not text:
+        return TokenizedDocument(text, [], [], [])
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as err:
+        raise ValueError(
+            "tokenizer: it cannot return character offsets (return_offsets_mapping); GemFilter needs a "
+            "fast tokenizer: load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        ) from err
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    # Token i owns [end of token i-1, end of token i): whitespace that the tokenizer leaves out of
+    # its offsets goes to the next token, and byte tokens that share one character stay monotone.
+    ends: list[int] = []
+    last = 0
+    for _, end in offsets:
+        last = max(last, min(int(end), len(text)))
+        ends.append(last)
+    if ends:
+        ends[-1] = len(text)
+    starts = [0, *ends[:-1]]
+    return TokenizedDocument(text, ids, starts, ends)
+
+
+def build_prompt(tokenizer: Any, documents: Sequence[str], query: str, *, separator: str,
+                 template: str, use_chat_template: bool) -> FilterPrompt:
+    """Token ids of the whole filter prompt, with the position of every document and the query."""
+    prefix, middle, suffix = prompt_frame(tokenizer, template, use_chat_template)
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    sep_ids = ids(separator)
+    out: list[int] = ids(prefix)
+    docs: list[TokenizedDocument] = []
+    offsets: list[int] = []
+    for i, text in enumerate(documents):
+        if i:
+            out += sep_ids
+        doc = tokenize_document(tokenizer, text)
+        offsets.append(len(out))
+        out += doc.ids
+        docs.append(doc)
+    out += ids(middle)
+    query_start = len(out)
+    out += ids(query) + ids(suffix)
+    return FilterPrompt(torch.tensor(out, dtype=torch.long), docs, offsets, query_start,
+                        sum(len(d.ids) for d in docs))

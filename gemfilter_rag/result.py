@@ -1,0 +1,72 @@
+"""What a compression returns: the kept text, per-document provenance and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    """What was kept of one input document.
+
+    ``spans`` are ``(start, end)`` character offsets into the original document; ``text`` is
+    their concatenation, so every piece of it is an exact substring of the document.
+    """
+
+    index: int
+    """Position of the document in the input."""
+    text: str
+    """The kept text (empty when nothing of the document was kept)."""
+    spans: list[tuple[int, int]]
+    """Kept character spans, sorted and non-overlapping."""
+    kept_tokens: int
+    original_tokens: int
+    score_share: float
+    """This document's share of the context's total score (0..1): how much the filter layer
+    attended to it."""
+
+    @property
+    def kept(self) -> bool:
+        """Whether any text of the document survived."""
+        return bool(self.spans)
+
+    @property
+    def ratio(self) -> float:
+        """Original tokens per kept token (inf when nothing was kept, 1.0 for an empty document)."""
+        if self.original_tokens == 0:
+            return 1.0
+        return self.original_tokens / self.kept_tokens if self.kept_tokens else float("inf")
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """The outcome of ``GemFilterCompressor.compress``."""
+
+    text: str
+    """The compressed context: kept text of each document that kept any, joined by the separator."""
+    documents: list[DocumentResult]
+    """One entry per input document, in input order, kept or not."""
+    query: str
+    kept_token_indices: list[int]
+    """Indices of the kept tokens among all context tokens (documents concatenated)."""
+    original_tokens: int
+    compressed_tokens: int
+    filter_layer: int | None
+    """Layer whose attention chose the tokens; None when no filter pass ran (nothing to cut)."""
+    granularity: str
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: tokenize, filter, select, total."""
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio, original / compressed context tokens (1.0 when nothing was cut)."""
+        if self.compressed_tokens == 0:
+            return 1.0 if self.original_tokens == 0 else float("inf")
+        return self.original_tokens / self.compressed_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the result, ``ratio`` included."""
+        out = asdict(self)
+        out["ratio"] = self.ratio
+        return out

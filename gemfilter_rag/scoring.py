@@ -1,0 +1,94 @@
+"""Pure scoring functions: from a layer's query/key to one relevance score per token.
+
+Every function here is a plain function of tensors, with no model and no state, so each can be
+tested against an independent computation. Shapes: B batch, H query heads, KV key/value heads,
+Q scoring query rows, T sequence length, D head dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import ScoringConfig
+
+
+def query_logits(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Raw dot products ``q . k`` of some query rows against every key, GQA keys repeated.
+
+    query: (B, H, Q, D); key: (B, KV, T, D) with H a multiple of KV. Returns (B, H, Q, T).
+    """
+    b, h, q, d = query.shape
+    kv = key.shape[1]
+    if h % kv:
+        raise ValueError(f"query heads ({h}) must be a multiple of key heads ({kv})")
+    grouped = query.float().reshape(b, kv, h // kv, q, d)  # (B, KV, G, Q, D)
+    logits = torch.einsum("bkgqd,bktd->bkgqt", grouped, key.float())  # (B, KV, G, Q, T)
+    return logits.reshape(b, h, q, key.shape[2])  # (B, H, Q, T)
+
+
+def visibility_mask(query_positions: torch.Tensor, seq_len: int, sliding_window: int | None = None) -> torch.Tensor:
+    """Which keys each query row may attend to: causal, and within the sliding window if any.
+
+    query_positions: (Q,) absolute positions. Returns a bool tensor (Q, T).
+    """
+    keys = torch.arange(seq_len, device=query_positions.device)  # (T,)
+    pos = query_positions[:, None]  # (Q, 1)
+    visible = keys[None, :] <= pos  # (Q, T)
+    if sliding_window is not None:
+        visible &= keys[None, :] > pos - sliding_window
+    return visible
+
+
+def attention_probs(logits: torch.Tensor, scaling: float, visible: torch.Tensor) -> torch.Tensor:
+    """Softmax attention from logits (B, H, Q, T) with a (Q, T) visibility mask."""
+    scaled = (logits * scaling).masked_fill(~visible, float("-inf"))
+    return torch.softmax(scaled, dim=-1)  # (B, H, Q, T)
+
+
+def aggregate(scores: torch.Tensor, heads: str) -> torch.Tensor:
+    """Reduce (B, H, Q, T) to (B, T): sum over query rows, then sum or max over heads."""
+    per_head = scores.sum(dim=2)  # (B, H, T)
+    if heads == "sum":
+        return per_head.sum(dim=1)
+    if heads == "max":
+        return per_head.amax(dim=1)
+    raise ValueError(f"heads: unknown aggregation {heads!r}; use 'sum' or 'max'")
+
+
+def pool(scores: torch.Tensor, kind: str, width: int) -> torch.Tensor:
+    """Smooth (B, T) scores along T with a centred window of ``width`` (odd), same length out."""
+    if kind == "none" or width <= 1:
+        return scores
+    x = scores[:, None, :]  # (B, 1, T)
+    pad = width // 2
+    if kind == "avg":
+        # zero padding counted in, as torch's default and the paper's reference code do
+        return F.avg_pool1d(x, width, stride=1, padding=pad)[:, 0, : scores.shape[1]]
+    if kind == "max":
+        return F.max_pool1d(x, width, stride=1, padding=pad)[:, 0, : scores.shape[1]]
+    raise ValueError(f"pool: unknown pooling {kind!r}; use 'avg', 'max' or 'none'")
+
+
+def token_scores(query: torch.Tensor, key: torch.Tensor, query_positions: torch.Tensor,
+                 config: ScoringConfig, scaling: float, sliding_window: int | None = None) -> torch.Tensor:
+    """One score per token (B, T) from the scoring rows of a layer's query and all its keys.
+
+    query: (B, H, Q, D), the rows at ``query_positions`` (Q,); key: (B, KV, T, D).
+    """
+    logits = query_logits(query, key)  # (B, H, Q, T)
+    if config.softmax:
+        scores = attention_probs(logits, scaling, visibility_mask(query_positions, key.shape[2], sliding_window))
+    else:
+        scores = logits
+    return pool(aggregate(scores, config.heads), config.pool, config.pool_width)  # (B, T)
+
+
+def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores of a 1-D tensor, in ascending index order."""
+    k = min(k, scores.shape[0])
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long, device=scores.device)
+    # stable tie-break: among equal scores the earlier token wins
+    order = torch.argsort(scores, descending=True, stable=True)[:k]
+    return torch.sort(order).values

@@ -1,0 +1,73 @@
+"""Choose which context tokens to keep under a token budget: pure functions of scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .scoring import top_k_sorted
+
+Unit = tuple[int, int]  # [start, end) in context-token indices
+
+
+def select_tokens(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """The paper's selection: the ``budget`` best tokens, in original order. scores: (N,)."""
+    return top_k_sorted(scores, budget)
+
+
+def unit_scores(scores: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
+    """Sum of token scores inside each unit. scores: (N,) -> (U,)."""
+    if not units:
+        return torch.empty(0, dtype=scores.dtype)
+    csum = torch.cat([scores.new_zeros(1), torch.cumsum(scores.double(), 0)])  # (N+1,)
+    starts = torch.tensor([u[0] for u in units])
+    ends = torch.tensor([u[1] for u in units])
+    return (csum[ends] - csum[starts]).to(scores.dtype)
+
+
+def select_units(scores: torch.Tensor, units: Sequence[Unit], budget: int) -> torch.Tensor:
+    """Keep whole units (sentences, documents) by score, greedily, within ``budget`` tokens.
+
+    Units are taken best first; one that no longer fits is skipped and smaller ones may still
+    fill the rest. Returns the kept token indices in ascending order.
+    """
+    if not units:
+        return torch.empty(0, dtype=torch.long)
+    per_unit = unit_scores(scores, units)
+    order = torch.argsort(per_unit, descending=True, stable=True).tolist()
+    left = budget
+    kept: list[int] = []
+    for u in order:
+        size = units[u][1] - units[u][0]
+        if 0 < size <= left:
+            kept.append(u)
+            left -= size
+        if left == 0:
+            break
+    kept.sort()
+    if not kept:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat([torch.arange(units[u][0], units[u][1]) for u in kept])
+
+
+def token_units(token_ends: Sequence[int], spans: Sequence[tuple[int, int]], offset: int,
+                max_tokens: int) -> list[Unit]:
+    """Group one document's tokens into units that follow character ``spans`` (e.g. sentences).
+
+    A token belongs to the span holding its last character; a unit longer than ``max_tokens`` is
+    cut into pieces of at most that many. ``offset`` shifts indices into the global context.
+    """
+    units: list[Unit] = []
+    t = 0
+    n = len(token_ends)
+    for _, span_end in spans:
+        start = t
+        while t < n and token_ends[t] <= span_end:
+            t += 1
+        if t > start:
+            for a in range(start, t, max_tokens):
+                units.append((offset + a, offset + min(a + max_tokens, t)))
+    if t < n:  # tokens past the last span (cannot happen for partitioning spans)
+        units.append((offset + t, offset + n))
+    return units
