@@ -102,6 +102,46 @@ def fetch_packaged(spec: PackagedModel = DEFAULT_MODEL) -> Path:
     return target
 
 
+def default_model_dir() -> Path:
+    """The embedded default model as a transformers directory (safetensors), made once from its GGUF.
+
+    Loading the GGUF file dequantises it (about 20 s on two CPU cores); the result is saved once in the
+    cache, under a file lock and atomically, so later loads take about a second and give identical logits.
+    """
+    from filelock import FileLock
+
+    gguf = fetch_packaged(DEFAULT_MODEL)
+    target = gguf.parent / "transformers-f32"
+    if (target / "config.json").is_file():
+        return target
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        with tempfile.TemporaryDirectory(dir=gguf.parent) as tmp:
+            export_gguf(gguf, Path(tmp) / "model")
+            os.replace(Path(tmp) / "model", target)
+    return target
+
+
+def export_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF model with transformers and save it as a safetensors model directory."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    out.mkdir(parents=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # the weights saved here are plain float32
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(out))
+
+
 def _verified(path: Path, expected: str) -> bool:
     stamp = Path(str(path) + ".sha256")
     # a stamp written after a full check, and a size that still matches, spare re-hashing 100 MB
@@ -113,8 +153,7 @@ def _verified(path: Path, expected: str) -> bool:
 def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
     """Turn the ``model`` argument into (what to pass to from_pretrained, extra keyword args)."""
     if model is None:
-        path = fetch_packaged()
-        return str(path.parent), {"gguf_file": path.name}
+        return str(default_model_dir()), {}
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model: expected a path or model id (str), got {type(model).__name__}; "
                         "to use a model you already loaded, call GemFilterCompressor(model, tokenizer).")
