@@ -2,6 +2,7 @@
 
 from .compressor import GemFilterCompressor
 from .config import GemFilterConfig, ScoringConfig
+from .generation import GenerationResult, GenerationStream
 from .result import CompressionResult, DocumentResult
 
 __version__ = "0.1.0"
@@ -11,6 +12,8 @@ __all__ = [
     "DocumentResult",
     "GemFilterCompressor",
     "GemFilterConfig",
+    "GenerationResult",
+    "GenerationStream",
     "ScoringConfig",
     "__version__",
 ]

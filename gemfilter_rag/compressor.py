@@ -5,18 +5,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
-from . import early_exit
+from . import early_exit, memory
 from .config import GemFilterConfig, check_top_k
+from .prior import add_prior, check_document_scores, share_budget
 from .profiles import Profile, find_profile
 from .prompt import FilterPrompt, build_prompt
 from .result import CompressionResult, DocumentResult
 from .scoring import token_scores
 from .selection import Unit, select_tokens, select_units, token_units
 from .sentences import sentence_spans
+
+if TYPE_CHECKING:
+    from .generation import GenerationResult, GenerationStream
 
 MAX_SENTENCE_TOKENS = 64
 """Longer sentences are cut into pieces of at most this many tokens, so that one run-on
@@ -30,6 +35,8 @@ class GemFilterCompressor:
         model: a transformers causal LM (Llama, Qwen2, Mistral, Phi3, Gemma3, ...), already loaded.
         tokenizer: its tokenizer; a fast one (it must return character offsets).
         config: what to keep; None uses the model's measured profile, else ``GemFilterConfig()``.
+        profile: a ``Profile`` or the path of a profile JSON (from ``gemfilter calibrate``) to use
+            instead of the matching shipped one.
         **options: any ``GemFilterConfig`` or ``ScoringConfig`` field, overriding ``config``.
 
     The model and tokenizer stay public (``compressor.model``) so that one loaded model can also
@@ -37,7 +44,8 @@ class GemFilterCompressor:
     the model beyond its duration.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: GemFilterConfig | None = None, **options: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, config: GemFilterConfig | None = None, *,
+                 profile: str | Path | Profile | None = None, **options: Any) -> None:
         if model is None or not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a loaded transformers model, got {type(model).__name__}; "
                             "use GemFilterCompressor.from_pretrained(path) to load one.")
@@ -48,7 +56,14 @@ class GemFilterCompressor:
         self.model = model
         self.tokenizer = tokenizer
         self._layers = early_exit.decoder_layers(model)
-        self.profile: Profile | None = find_profile(model.config) if config is None else None
+        if profile is not None and config is not None:
+            raise ValueError("profile: pass either config= or profile=, not both.")
+        if profile is not None and not isinstance(profile, Profile):
+            if not Path(profile).is_file():
+                raise FileNotFoundError(f"profile: no profile JSON at {profile}; pass a file written by "
+                                        "`gemfilter calibrate` or a Profile.")
+            profile = Profile.load(profile)
+        self.profile: Profile | None = profile or (find_profile(model.config) if config is None else None)
         base = config or (self.profile.config() if self.profile else GemFilterConfig())
         self.config = base.with_options(**options) if options else base
         layer = self.config.filter_layer
@@ -92,13 +107,17 @@ class GemFilterCompressor:
         value = getattr(cfg, "max_position_embeddings", None)
         return int(value) if value else None
 
-    def compress(self, documents: Sequence[str], query: str, *, top_k: int | None = None) -> CompressionResult:
+    def compress(self, documents: Sequence[str], query: str, *, top_k: int | None = None,
+                 document_scores: Sequence[float] | None = None) -> CompressionResult:
         """Keep at most ``top_k`` context tokens of ``documents`` that matter for ``query``.
 
         Args:
             documents: the context, in order (typically the retriever's chunks).
             query: the question the context must answer.
             top_k: token budget across all documents; default ``config.top_k``.
+            document_scores: the retriever's score of each document (similarity, or negated rank;
+                higher = more relevant), used as ``config.prior`` says (default: it shares out the
+                budget across documents and GemFilter picks the sentences inside each).
 
         Returns a ``CompressionResult`` with one ``DocumentResult`` per input document.
         """
@@ -106,6 +125,7 @@ class GemFilterCompressor:
         docs = _check_documents(documents)
         _check_query(query)
         budget = check_top_k(self.config.top_k if top_k is None else top_k)
+        prior_scores = check_document_scores(document_scores, len(docs))
         cfg = self.config
         prompt = build_prompt(self.tokenizer, docs, query, separator=cfg.separator, template=cfg.template,
                               use_chat_template=cfg.use_chat_template)
@@ -120,27 +140,80 @@ class GemFilterCompressor:
             layer = self.filter_layer
         t2 = time.perf_counter()
         if layer is not None:
-            keep = self._select(prompt, scores, budget)
+            keep = self._select(prompt, scores, budget, prior_scores)
         t3 = time.perf_counter()
         result = _assemble(prompt, query, keep, scores, layer, cfg, {
             "tokenize": t1 - t0, "filter": t2 - t1, "select": t3 - t2})
         result.timings["total"] = time.perf_counter() - t0
         return result
 
+    def compress_batch(self, items: Sequence[tuple[Sequence[str], str]], *, top_k: int | None = None,
+                       batch_size: int = 8) -> list[CompressionResult]:
+        """``compress`` over several (documents, query) pairs, ``batch_size`` filter passes at once.
+
+        Results are those of one-by-one calls, in input order (see ``gemfilter_rag.batch``).
+        """
+        from .batch import compress_batch
+
+        return compress_batch(self, items, top_k=top_k, batch_size=batch_size)
+
+    @overload
+    def generate(self, documents: Sequence[str], query: str, *, max_new_tokens: int = ...,
+                 top_k: int | None = ..., stream: Literal[False] = ...,
+                 **generation_kwargs: Any) -> GenerationResult: ...
+
+    @overload
+    def generate(self, documents: Sequence[str], query: str, *, max_new_tokens: int = ...,
+                 top_k: int | None = ..., stream: Literal[True], **generation_kwargs: Any) -> GenerationStream: ...
+
+    def generate(self, documents: Sequence[str], query: str, *, max_new_tokens: int = 256,
+                 top_k: int | None = None, stream: bool = False,
+                 **generation_kwargs: Any) -> GenerationResult | GenerationStream:
+        """Answer ``query`` with this model from the kept context of ``documents`` (the paper's path).
+
+        Filter pass, then the full model over the kept tokens plus the question, then greedy
+        ``model.generate`` (``generation_kwargs`` pass through, e.g. ``do_sample=True``). Returns a
+        ``GenerationResult`` (answer, ``CompressionResult``, timings), or with ``stream=True`` a
+        ``GenerationStream`` yielding text chunks, whose ``.result`` is set once exhausted.
+        """
+        from .generation import generate
+
+        return generate(self, documents, query, max_new_tokens=max_new_tokens, top_k=top_k, stream=stream,
+                        **generation_kwargs)
+
+    def generate_batch(self, items: Sequence[tuple[Sequence[str], str]], *, max_new_tokens: int = 256,
+                       top_k: int | None = None, batch_size: int = 8,
+                       **generation_kwargs: Any) -> list[GenerationResult]:
+        """``generate`` over several (documents, query) pairs with batched passes (left-padded decoding)."""
+        from .generation import generate_batch
+
+        return generate_batch(self, items, max_new_tokens=max_new_tokens, top_k=top_k, batch_size=batch_size,
+                              **generation_kwargs)
+
     def score_prompt(self, prompt: FilterPrompt) -> torch.Tensor:
         """Score every context token of a built prompt at the filter layer. Returns (N,) float32."""
         limit = self.max_positions
         if limit is not None and prompt.length > limit:
-            raise ValueError(
-                f"documents: the prompt has {prompt.length} tokens but this model accepts at most {limit}; "
-                "pass fewer or shorter documents, or use a filter model with a longer context.")
+            from .windows import score_in_windows
+
+            return score_in_windows(prompt, limit, self.config.scoring.query, self._score_ids)
         device = _device_of(self.model)
         ids = prompt.input_ids[None].to(device)  # (1, T)
+        memory.check_pass(self.model, prompt.length, len(self._query_rows(prompt)), device=device)
         capture = early_exit.capture_layer(self.model, ids, self.filter_layer)
         rows = self._query_rows(prompt).to(device)  # (Q,)
         scores = token_scores(capture.query[:, :, rows], capture.key, rows, self.config.scoring,
                               capture.scaling, capture.sliding_window)  # (1, T)
         return scores[0, prompt.context_positions().to(device)].float().cpu()  # (N,)
+
+    def _score_ids(self, input_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One filter pass over ``input_ids`` (T,) scored by query ``rows`` (Q,); returns (T,) float32."""
+        device = _device_of(self.model)
+        memory.check_pass(self.model, int(input_ids.shape[0]), int(rows.numel()), device=device)
+        capture = early_exit.capture_layer(self.model, input_ids[None].to(device), self.filter_layer)
+        rows = rows.to(device)
+        return token_scores(capture.query[:, :, rows], capture.key, rows, self.config.scoring, capture.scaling,
+                            capture.sliding_window)[0].float().cpu()  # (T,)
 
     def _query_rows(self, prompt: FilterPrompt) -> torch.Tensor:
         rows = self.config.scoring.query
@@ -151,20 +224,28 @@ class GemFilterCompressor:
             return torch.arange(prompt.query_start, t)
         return torch.arange(max(0, t - int(rows)), t)
 
-    def _select(self, prompt: FilterPrompt, scores: torch.Tensor, budget: int) -> torch.Tensor:
+    def _select(self, prompt: FilterPrompt, scores: torch.Tensor, budget: int,
+                document_scores: Sequence[float] | None = None) -> torch.Tensor:
         granularity = self.config.granularity
-        if granularity == "token":
+        mode = self.config.prior if document_scores is not None else "none"
+        if mode == "add":
+            scores = add_prior(scores, [len(d.ids) for d in prompt.documents], document_scores or [],
+                               self.config.prior_weight)
+        if granularity == "token" and mode != "share":
             return select_tokens(scores, budget)
-        units: list[Unit] = []
+        doc_units: list[list[Unit]] = []
         start = 0
         for doc in prompt.documents:
             if granularity == "document":
-                if doc.ids:
-                    units.append((start, start + len(doc.ids)))
+                doc_units.append([(start, start + len(doc.ids))] if doc.ids else [])
+            elif granularity == "token":
+                doc_units.append([(t, t + 1) for t in range(start, start + len(doc.ids))])
             else:
-                units += token_units(doc.ends, sentence_spans(doc.text), start, MAX_SENTENCE_TOKENS)
+                doc_units.append(token_units(doc.ends, sentence_spans(doc.text), start, MAX_SENTENCE_TOKENS))
             start += len(doc.ids)
-        return select_units(scores, units, budget)
+        if mode == "share":
+            return share_budget(document_scores or [], doc_units, scores, budget, self.config.prior_weight)
+        return select_units(scores, [u for units in doc_units for u in units], budget)
 
 
 def _assemble(prompt: FilterPrompt, query: str, keep: torch.Tensor, scores: torch.Tensor, layer: int | None,
@@ -191,7 +272,10 @@ def _assemble(prompt: FilterPrompt, query: str, keep: torch.Tensor, scores: torc
     text = cfg.separator.join(d.text for d in out if d.text)
     return CompressionResult(text=text, documents=out, query=query, kept_token_indices=kept,
                              original_tokens=prompt.context_tokens, compressed_tokens=len(kept),
-                             filter_layer=layer, granularity=cfg.granularity, timings=timings)
+                             filter_layer=layer, granularity=cfg.granularity, timings=timings,
+                             details={"documents": [d.text for d in prompt.documents],
+                                      "token_ends": [list(d.ends) for d in prompt.documents],
+                                      "scores": scores.float().tolist()})
 
 
 def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -56,7 +57,8 @@ class GemFilterConfig:
     """Everything that decides what a ``GemFilterCompressor`` keeps."""
 
     filter_layer: int | None = None
-    """Layer whose attention scores tokens (0-based). None: the model's profile, else 40% depth."""
+    """Layer whose attention scores tokens (0-based). None: the model's profile, else the middle layer
+    (``round(num_layers / 2) - 1``)."""
     top_k: int = 1024
     """Token budget: how many context tokens to keep across all documents of one call."""
     granularity: Granularity = "sentence"
@@ -69,6 +71,12 @@ class GemFilterConfig:
     """User message of the filter prompt; must contain ``{context}`` and ``{query}``, in that order."""
     use_chat_template: bool = True
     """Wrap the user message in the tokenizer's chat template when it has one."""
+    prior: Literal["none", "share", "add"] = "share"
+    """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "share" (they share
+    out the budget across documents, GemFilter picks sentences inside each), "add" (their z-score is
+    added to the normalised token scores), or "none" (ignored). See ``gemfilter_rag.prior``."""
+    prior_weight: float = 1.0
+    """Strength of the retriever prior: softmax sharpness ("share") or weight of the z-score ("add")."""
 
     def __post_init__(self) -> None:
         if self.filter_layer is not None and (isinstance(self.filter_layer, bool) or
@@ -83,6 +91,11 @@ class GemFilterConfig:
             raise TypeError(f"separator: expected a str, got {type(self.separator).__name__}.")
         if not isinstance(self.template, str):
             raise TypeError(f"template: expected a str, got {type(self.template).__name__}.")
+        if self.prior not in ("none", "share", "add"):
+            raise ValueError(f"prior: {self.prior!r} is not valid; use 'none', 'share' or 'add'.")
+        if isinstance(self.prior_weight, bool) or not isinstance(self.prior_weight, (int, float)) \
+                or not math.isfinite(self.prior_weight) or self.prior_weight < 0:
+            raise ValueError(f"prior_weight: {self.prior_weight!r} is not valid; use a finite number >= 0 such as 1.0.")
         c, q = self.template.find("{context}"), self.template.find("{query}")
         if c < 0 or q < 0 or q < c or self.template.count("{context}") != 1 or self.template.count("{query}") != 1:
             raise ValueError("template: must contain '{context}' once and then '{query}' once, "
@@ -104,10 +117,11 @@ class GemFilterConfig:
 
 def check_top_k(top_k: Any) -> int:
     """Validate a token budget and return it, or raise an error that names ``top_k``."""
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, float)):
+    # numbers.Integral/Real also admit numpy scalars (np.int64 budgets are common); bool is no count
+    if isinstance(top_k, bool) or not isinstance(top_k, (numbers.Integral, numbers.Real)):
         raise TypeError(f"top_k: expected a positive int, got {type(top_k).__name__}.")
-    if isinstance(top_k, float) and (math.isnan(top_k) or not top_k.is_integer()):
+    if not isinstance(top_k, numbers.Integral) and (math.isnan(top_k) or not float(top_k).is_integer()):
         raise ValueError(f"top_k: {top_k!r} is not a whole number of tokens; pass a positive int such as 256.")
     if top_k <= 0:
         raise ValueError(f"top_k: {top_k!r} must be > 0; pass the number of context tokens to keep, e.g. 256.")
-    return int(top_k)
+    return int(top_k) if isinstance(top_k, numbers.Integral) else int(float(top_k))

@@ -49,7 +49,9 @@ class _StopForward(Exception):
 
 @dataclass(frozen=True)
 class _Armed:
-    target_ids: frozenset[int]  # ids of the filter layer's modules
+    target_ids: frozenset[int]  # ids of the filter layer's modules (the layer to stop in)
+    record: dict[int, int] | None = None  # id(module) -> layer index, for layers captured on the way
+    captured: dict[int, LayerCapture] | None = None  # layer index -> capture, filled during the pass
 
 
 _ARMED: contextvars.ContextVar[_Armed | None] = contextvars.ContextVar("gemfilter_armed", default=None)
@@ -70,6 +72,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and n_layers and len(module) == n_layers:
             if all(_has_attention(layer) for layer in module):
+                if any(getattr(m, "is_causal", True) is False for m in module.modules()):
+                    raise ValueError(
+                        f"model: {type(model).__name__} attends in both directions (an encoder such as BERT, "
+                        "or a bidirectional embedding model); GemFilter needs a causal decoder-only LM.")
                 return module
     raise ValueError(
         f"model: could not find the decoder layers of {type(model).__name__} (a ModuleList of "
@@ -95,12 +101,16 @@ def _dispatcher(base: str) -> Callable[..., Any]:
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
         armed = _ARMED.get()
-        if armed is not None and id(module) in armed.target_ids:
+        if armed is not None and (id(module) in armed.target_ids or
+                                  (armed.record is not None and id(module) in armed.record)):
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = query.shape[-1] ** -0.5
-            raise _StopForward(LayerCapture(query.detach(), key.detach(), float(scaling),
-                                            kwargs.get("sliding_window")))
+            capture = LayerCapture(query.detach(), key.detach(), float(scaling), kwargs.get("sliding_window"))
+            if id(module) in armed.target_ids:
+                raise _StopForward(capture)
+            assert armed.record is not None and armed.captured is not None
+            armed.captured[armed.record[id(module)]] = capture
         if base == "eager":
             fn = _eager_for(module)
         else:
@@ -116,7 +126,8 @@ def _eager_for(module: nn.Module) -> Callable[..., Any]:
 
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
-        raise ValueError(f"model: {type(module).__name__} has no eager_attention_forward; use attn_implementation='sdpa'.")
+        raise ValueError(f"model: {type(module).__name__} has no eager_attention_forward; "
+                         "use attn_implementation='sdpa'.")
     return fn  # type: ignore[no-any-return]
 
 
@@ -198,3 +209,38 @@ def capture_layer(model: nn.Module, input_ids: torch.Tensor, layer: int,
         f"model: layer {layer} of {type(model).__name__} never called its attention function; "
         "this architecture does not route attention through transformers' AttentionInterface."
     )
+
+
+@torch.inference_mode()
+def capture_layers(model: nn.Module, input_ids: torch.Tensor, layers: list[int] | tuple[int, ...],
+                   attention_mask: torch.Tensor | None = None) -> dict[int, LayerCapture]:
+    """Capture the query/key of several layers in one pass; stop inside the last of them.
+
+    Returns ``{layer: LayerCapture}`` for every requested layer. Calibration uses this to score
+    every layer of a probe with one forward pass instead of one per layer.
+    """
+    all_layers = decoder_layers(model)
+    wanted = sorted(set(int(i) for i in layers))
+    if not wanted:
+        raise ValueError("layers: is empty; pass at least one layer index.")
+    bad = [i for i in wanted if not 0 <= i < len(all_layers)]
+    if bad:
+        raise ValueError(f"layers: {bad} outside this model's layers; use 0..{len(all_layers) - 1}.")
+    last = wanted[-1]
+    record = {id(m): i for i in wanted[:-1] for m in all_layers[i].modules()}
+    captured: dict[int, LayerCapture] = {}
+    armed = _Armed(frozenset(id(m) for m in all_layers[last].modules()), record, captured)
+    token = _ARMED.set(armed)
+    try:
+        with _routed(model):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward as stop:
+        captured[last] = stop.capture
+    finally:
+        _ARMED.reset(token)
+    missing = [i for i in wanted if i not in captured]
+    if missing:
+        raise RuntimeError(
+            f"model: layers {missing} of {type(model).__name__} never called their attention function; "
+            "this architecture does not route attention through transformers' AttentionInterface.")
+    return captured

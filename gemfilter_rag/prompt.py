@@ -6,6 +6,8 @@ carries an exact character span of it (from the tokenizer's offsets, never from 
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +49,7 @@ class FilterPrompt:
 
     def context_positions(self) -> torch.Tensor:
         """Positions in ``input_ids`` of every context token, document by document. (N,)"""
-        parts = [torch.arange(o, o + len(d.ids)) for o, d in zip(self.doc_offsets, self.documents)]
+        parts = [torch.arange(o, o + len(d.ids)) for o, d in zip(self.doc_offsets, self.documents, strict=True)]
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
@@ -69,15 +71,20 @@ def tokenize_document(tokenizer: Any, text: str) -> TokenizedDocument:
     """Tokenize one document and give each token a contiguous span of it."""
     if not text:
         return TokenizedDocument(text, [], [], [])
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, TypeError, ValueError) as err:
-        raise ValueError(
-            "tokenizer: it cannot return character offsets (return_offsets_mapping); GemFilter needs a "
-            "fast tokenizer: load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
-        ) from err
-    ids = list(enc["input_ids"])
-    offsets = enc["offset_mapping"]
+    plain = _plain_text_backend(tokenizer, text)
+    if plain is not None:  # the text holds a special token's string, e.g. "<|im_end|>": keep it plain text
+        encoding = plain.encode(text, add_special_tokens=False)
+        ids, offsets = list(encoding.ids), encoding.offsets
+    else:
+        try:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError) as err:
+            raise ValueError(
+                "tokenizer: it cannot return character offsets (return_offsets_mapping); GemFilter needs a "
+                "fast tokenizer: load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+            ) from err
+        ids = list(enc["input_ids"])
+        offsets = enc["offset_mapping"]
     # Token i owns [end of token i-1, end of token i): whitespace that the tokenizer leaves out of
     # its offsets goes to the next token, and byte tokens that share one character stay monotone.
     ends: list[int] = []
@@ -89,6 +96,37 @@ def tokenize_document(tokenizer: Any, text: str) -> TokenizedDocument:
         ends[-1] = len(text)
     starts = [0, *ends[:-1]]
     return TokenizedDocument(text, ids, starts, ends)
+
+
+_PLAIN_LOCK = threading.Lock()
+_PLAIN_ATTR = "_gemfilter_plain_text_backend"
+
+
+def _plain_text_backend(tokenizer: Any, text: str) -> Any | None:
+    """A private copy of a fast tokenizer's backend that reads special-token strings as plain text,
+    or None when ``text`` holds no such string (or the tokenizer has no backend).
+
+    Documents are data: a retrieved page that quotes "<|im_end|>" must not become the control token
+    that closes the chat turn (for the filter, and for the answer built from the same ids). The
+    shared tokenizer is left alone: its ``split_special_tokens`` switch is state shared by threads.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    cached = getattr(tokenizer, _PLAIN_ATTR, None)
+    if cached is None or cached[0] is not backend or cached[1] != backend.get_vocab_size(with_added_tokens=True):
+        with _PLAIN_LOCK:
+            decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+            specials = tuple(t.content for t in decoder.values() if getattr(t, "special", False) and t.content)
+            plain = copy.deepcopy(backend)
+            plain.encode_special_tokens = True
+            plain.no_truncation()
+            plain.no_padding()
+            cached = (backend, backend.get_vocab_size(with_added_tokens=True), specials, plain)
+            setattr(tokenizer, _PLAIN_ATTR, cached)
+    if not any(s in text for s in cached[2]):
+        return None
+    return cached[3]
 
 
 def build_prompt(tokenizer: Any, documents: Sequence[str], query: str, *, separator: str,

@@ -57,6 +57,9 @@ class CompressionResult:
     granularity: str
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: tokenize, filter, select, total."""
+    details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """For the explain view (``to_html``): ``documents`` (original texts), ``token_ends`` (per document,
+    the end offset of each token) and ``scores`` (one per context token); None when not recorded."""
 
     @property
     def ratio(self) -> float:
@@ -68,5 +71,12 @@ class CompressionResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the result, ``ratio`` included."""
         out = asdict(self)
+        out.pop("details", None)
         out["ratio"] = self.ratio
         return out
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: the full context with kept spans highlighted by score."""
+        from .explain import render_html
+
+        return render_html(self)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from typing import Any
 
+_LOCAL = threading.local()
 
-@lru_cache(maxsize=1)
+
 def _segmenter() -> Any:
-    import pysbd
+    """One pysbd segmenter per thread: ``Segmenter.segment`` keeps the text being split on the
+    instance, so a shared one mixes up the spans of texts split at once by different threads."""
+    seg = getattr(_LOCAL, "segmenter", None)
+    if seg is None:
+        import pysbd
 
-    return pysbd.Segmenter(language="en", clean=False, char_span=True)
+        seg = _LOCAL.segmenter = pysbd.Segmenter(language="en", clean=False, char_span=True)
+    return seg
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -23,4 +29,4 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         return []
     starts = sorted({s.start for s in _segmenter().segment(text) if 0 < s.start < len(text)})
     bounds = [0, *starts, len(text)]
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]

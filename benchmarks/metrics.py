@@ -1,0 +1,56 @@
+"""Pure metric functions: answer normalisation, answer survival, answer accuracy, aggregation."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable, Sequence
+from statistics import mean
+from typing import Any
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + "‘’“”–—"})
+
+
+def normalize(text: str) -> str:
+    """Lowercase, drop punctuation and articles, squeeze whitespace (the SQuAD normalisation)."""
+    text = text.lower().translate(_PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def contains_answer(text: str, answers: Sequence[str]) -> bool:
+    """Whether any accepted answer, normalised, occurs in normalised ``text`` on word boundaries."""
+    hay = f" {normalize(text)} "
+    return any(norm and f" {norm} " in hay for norm in (normalize(a) for a in answers))
+
+
+def answer_correct(prediction: str, answers: Sequence[str]) -> bool:
+    """Whether the model's answer contains an accepted answer (normalised), as in lost-in-the-middle."""
+    return contains_answer(prediction, answers)
+
+
+def ratio(original_tokens: int, sent_tokens: int) -> float:
+    """Compression ratio: context tokens in / tokens sent downstream (inf-safe: 0 sent -> original)."""
+    return original_tokens / max(1, sent_tokens)
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of each metric over rows of one (data set, method, budget) cell; None where missing."""
+    rows = list(rows)
+    ok = [r for r in rows if not r.get("error")]  # a failed method sent nothing: no tokens, ratio or latency
+
+    def avg(key: str) -> float | None:
+        vals = [float(r[key]) for r in ok if r.get(key) is not None]
+        return mean(vals) if vals else None
+
+    return {
+        "n": len(rows),
+        "recall": avg("recall"),
+        "accuracy": avg("correct"),
+        "latency_s": avg("latency_s"),
+        "tokens_sent": avg("tokens_sent"),
+        "original_tokens": avg("original_tokens"),
+        "ratio": avg("ratio"),
+        "errors": sum(1 for r in rows if r.get("error")),
+    }

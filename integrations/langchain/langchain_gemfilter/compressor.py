@@ -1,0 +1,178 @@
+"""``GemFilterDocumentCompressor``: GemFilter as a LangChain document compressor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor
+
+
+class GemFilterDocumentCompressor(BaseDocumentCompressor):
+    """Keep the parts of the retrieved documents that an early layer of a local LM attends to.
+
+    ``top_k`` is one token budget shared by all the documents of a call (as in the paper), not a
+    per-document limit. The output has, in input order, one ``Document`` per input document that
+    kept any text: its ``page_content`` is the kept text (exact substrings of the original),
+    its ``id`` is kept, and its ``metadata`` is a copy of the original plus
+    ``metadata["gemfilter"]``: ``kept_tokens``, ``original_tokens``, ``ratio``, ``score_share``,
+    ``spans`` (character offsets into the original text), ``filter_layer`` and ``index`` (the
+    document's position in the input). Documents of which nothing was kept are left out of the
+    list; ``compress_with_result`` (and ``last_result``) give the full per-document accounting.
+
+    Args:
+        compressor: an existing ``GemFilterCompressor``, so that one loaded model serves several
+            chains (and can also answer). Without it, one is loaded from ``model`` on first use.
+        **fields: the pydantic fields below.
+
+    Example::
+
+        compressor = GemFilterDocumentCompressor(top_k=512)  # embedded default model
+        retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str | None = Field(
+        default=None,
+        description="Filter model to load when no `compressor` is given: None for the embedded default "
+        "(SmolLM2-135M-Instruct), a local model directory, a .gguf file, or a hub id already in the local cache.",
+    )
+    top_k: int | None = Field(
+        default=None,
+        gt=0,
+        description="Token budget across all documents of one call; None uses the compressor's config.top_k.",
+    )
+    granularity: Literal["token", "sentence", "document"] | None = Field(
+        default=None,
+        description="Unit of selection: single tokens (the paper), whole sentences, or whole documents; "
+        "None keeps the compressor's setting.",
+    )
+    filter_layer: int | None = Field(
+        default=None,
+        ge=0,
+        description="Layer whose attention scores the tokens; None keeps the model profile's layer.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further GemFilterConfig or ScoringConfig fields, e.g. {'pool': 'avg', 'softmax': False}.",
+    )
+    device: str | None = Field(
+        default=None, description="Device to load `model` on ('cpu', 'cuda', ...); None picks CUDA when available."
+    )
+    dtype: str | None = Field(
+        default=None, description="Torch dtype to load `model` in ('float32', 'bfloat16', ...); None picks one."
+    )
+    metadata_key: str = Field(
+        default="gemfilter", description="Key of the compression statistics in each output document's metadata."
+    )
+
+    _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _last_result: CompressionResult | None = PrivateAttr(default=None)
+
+    def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        if compressor is not None:
+            if not isinstance(compressor, GemFilterCompressor):
+                raise TypeError(
+                    f"compressor: expected a GemFilterCompressor, got {type(compressor).__name__}; "
+                    "build one with GemFilterCompressor.from_pretrained() or pass model= instead."
+                )
+            if self.model is not None:
+                raise ValueError(
+                    f"model: {self.model!r} was given together with an existing compressor; pass one of them."
+                )
+            self._compressor = _with_options(compressor, self._config_options())
+
+    @property
+    def compressor(self) -> GemFilterCompressor:
+        """The ``GemFilterCompressor`` in use, loaded on first access when none was given."""
+        if self._compressor is None:
+            with self._lock:
+                if self._compressor is None:
+                    self._compressor = GemFilterCompressor.from_pretrained(
+                        self.model, device=self.device, dtype=self.dtype, **self._config_options()
+                    )
+        return self._compressor
+
+    @property
+    def last_result(self) -> CompressionResult | None:
+        """The full ``CompressionResult`` of the most recent call, dropped documents included.
+
+        With concurrent calls on one instance "most recent" is whichever finished last; use
+        ``compress_with_result`` to get the result of a given call.
+        """
+        return self._last_result
+
+    def compress_with_result(
+        self, documents: Sequence[Document], query: str
+    ) -> tuple[list[Document], CompressionResult | None]:
+        """Compress and also return the core ``CompressionResult`` (one entry per input document).
+
+        Returns ``([], None)`` for an empty list of documents, without loading the model.
+        """
+        docs = list(documents)
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}]: expected a langchain Document, got {type(doc).__name__}.")
+        if not docs:
+            return [], None
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query: {query!r} is empty; pass the question the documents must answer.")
+        result = self.compressor.compress([d.page_content for d in docs], query, top_k=self.top_k)
+        self._last_result = result
+        out = [
+            _compressed_document(docs[r.index], r, result.filter_layer, self.metadata_key)
+            for r in result.documents
+            if r.kept
+        ]
+        return out, result
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Keep at most ``top_k`` tokens of ``documents`` for ``query``; see the class docstring."""
+        return self.compress_with_result(documents, query)[0]
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Like ``compress_documents``, run in a worker thread so that the event loop keeps running."""
+        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
+
+    def _config_options(self) -> dict[str, Any]:
+        opts = dict(self.options)
+        if self.granularity is not None:
+            opts["granularity"] = self.granularity
+        if self.filter_layer is not None:
+            opts["filter_layer"] = self.filter_layer
+        return opts
+
+
+def _with_options(compressor: GemFilterCompressor, options: dict[str, Any]) -> GemFilterCompressor:
+    """The compressor itself, or a sibling sharing its model and tokenizer with some options changed."""
+    if not options:
+        return compressor
+    return GemFilterCompressor(compressor.model, compressor.tokenizer, compressor.config.with_options(**options))
+
+
+def _compressed_document(doc: Document, kept: DocumentResult, filter_layer: int | None, key: str) -> Document:
+    """A copy of ``doc`` holding only its kept text, with the statistics added to a copy of its metadata."""
+    metadata = dict(doc.metadata)
+    metadata[key] = {
+        "index": kept.index,
+        "kept_tokens": kept.kept_tokens,
+        "original_tokens": kept.original_tokens,
+        "ratio": kept.ratio,
+        "score_share": kept.score_share,
+        "spans": [[a, b] for a, b in kept.spans],
+        "filter_layer": filter_layer,
+    }
+    return doc.model_copy(update={"page_content": kept.text, "metadata": metadata})

@@ -1,0 +1,194 @@
+"""``GemFilterNodePostprocessor``: GemFilter as a LlamaIndex node postprocessor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Literal
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor
+
+
+class GemFilterNodePostprocessor(BaseNodePostprocessor):
+    """Keep the parts of the retrieved nodes that an early layer of a local LM attends to.
+
+    ``top_k`` is one token budget shared by all the nodes of a call (as in the paper). The output
+    has, in input order, one ``NodeWithScore`` per input node that kept any text: a copy of the
+    node with the same ``id_``, metadata, relationships and retrieval score, whose text is the
+    kept text (exact substrings of the original), and whose metadata gains ``"gemfilter"``:
+    ``index`` (position in the input), ``kept_tokens``, ``original_tokens``, ``ratio``,
+    ``score_share``, ``spans`` (character offsets into the original text) and ``filter_layer``.
+    That key is excluded from the embedding and LLM views of the metadata. Nodes of which nothing
+    was kept are left out; ``compress_with_result`` (and ``last_result``) give the full
+    per-node accounting.
+
+    Args:
+        compressor: an existing ``GemFilterCompressor``, so that one loaded model serves several
+            query engines (and can also answer). Without it, one is loaded from ``model`` on first use.
+        **fields: the pydantic fields below.
+
+    Example::
+
+        postprocessor = GemFilterNodePostprocessor(top_k=512)  # embedded default model
+        engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[postprocessor])
+    """
+
+    model: str | None = Field(
+        default=None,
+        description="Filter model to load when no `compressor` is given: None for the embedded default "
+        "(SmolLM2-135M-Instruct), a local model directory, a .gguf file, or a hub id already in the local cache.",
+    )
+    top_k: int | None = Field(
+        default=None,
+        gt=0,
+        description="Token budget across all nodes of one call; None uses the compressor's config.top_k.",
+    )
+    granularity: Literal["token", "sentence", "document"] | None = Field(
+        default=None,
+        description="Unit of selection: single tokens (the paper), whole sentences, or whole nodes; "
+        "None keeps the compressor's setting.",
+    )
+    filter_layer: int | None = Field(
+        default=None,
+        ge=0,
+        description="Layer whose attention scores the tokens; None keeps the model profile's layer.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further GemFilterConfig or ScoringConfig fields, e.g. {'pool': 'avg', 'softmax': False}.",
+    )
+    device: str | None = Field(
+        default=None, description="Device to load `model` on ('cpu', 'cuda', ...); None picks CUDA when available."
+    )
+    dtype: str | None = Field(
+        default=None, description="Torch dtype to load `model` in ('float32', 'bfloat16', ...); None picks one."
+    )
+    metadata_key: str = Field(
+        default="gemfilter", description="Key of the compression statistics in each output node's metadata."
+    )
+
+    _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _last_result: CompressionResult | None = PrivateAttr(default=None)
+
+    def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        if compressor is not None:
+            if not isinstance(compressor, GemFilterCompressor):
+                raise TypeError(
+                    f"compressor: expected a GemFilterCompressor, got {type(compressor).__name__}; "
+                    "build one with GemFilterCompressor.from_pretrained() or pass model= instead."
+                )
+            if self.model is not None:
+                raise ValueError(
+                    f"model: {self.model!r} was given together with an existing compressor; pass one of them."
+                )
+            options = self._config_options()
+            self._compressor = (
+                GemFilterCompressor(compressor.model, compressor.tokenizer, compressor.config.with_options(**options))
+                if options
+                else compressor
+            )
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used in LlamaIndex serialisation."""
+        return "GemFilterNodePostprocessor"
+
+    @property
+    def compressor(self) -> GemFilterCompressor:
+        """The ``GemFilterCompressor`` in use, loaded on first access when none was given."""
+        if self._compressor is None:
+            with self._lock:
+                if self._compressor is None:
+                    self._compressor = GemFilterCompressor.from_pretrained(
+                        self.model, device=self.device, dtype=self.dtype, **self._config_options()
+                    )
+        return self._compressor
+
+    @property
+    def last_result(self) -> CompressionResult | None:
+        """The full ``CompressionResult`` of the most recent call, dropped nodes included.
+
+        With concurrent calls on one instance "most recent" is whichever finished last; use
+        ``compress_with_result`` to get the result of a given call.
+        """
+        return self._last_result
+
+    def compress_with_result(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[list[NodeWithScore], CompressionResult | None]:
+        """Compress and also return the core ``CompressionResult`` (one entry per input node).
+
+        Returns ``([], None)`` for an empty list of nodes, without loading the model.
+        """
+        if query_bundle is None:
+            raise ValueError(
+                "query_bundle: is None, but GemFilter needs the query to compress for; pass "
+                "query_str='...' or query_bundle=QueryBundle('...') to postprocess_nodes."
+            )
+        query = query_bundle.query_str
+        nodes = list(nodes)
+        for i, item in enumerate(nodes):
+            if not isinstance(item, NodeWithScore):
+                raise TypeError(f"nodes[{i}]: expected a NodeWithScore, got {type(item).__name__}.")
+        if not nodes:
+            return [], None
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query_bundle.query_str: {query!r} is empty; pass the question the nodes must answer.")
+        texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
+        result = self.compressor.compress(texts, query, top_k=self.top_k)
+        self._last_result = result
+        out = [
+            _compressed_node(nodes[r.index], r, result.filter_layer, self.metadata_key)
+            for r in result.documents
+            if r.kept
+        ]
+        return out, result
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """Keep at most ``top_k`` tokens of ``nodes`` for the query; see the class docstring."""
+        return self.compress_with_result(nodes, query_bundle)[0]
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """Like ``_postprocess_nodes``, run in a worker thread so that the event loop keeps running."""
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+
+    def _config_options(self) -> dict[str, Any]:
+        opts = dict(self.options)
+        if self.granularity is not None:
+            opts["granularity"] = self.granularity
+        if self.filter_layer is not None:
+            opts["filter_layer"] = self.filter_layer
+        return opts
+
+
+def _compressed_node(item: NodeWithScore, kept: DocumentResult, filter_layer: int | None, key: str) -> NodeWithScore:
+    """A copy of the node holding only its kept text, with the statistics added to a copy of its metadata."""
+    node = item.node.model_copy()
+    node.metadata = dict(item.node.metadata)
+    node.metadata[key] = {
+        "index": kept.index,
+        "kept_tokens": kept.kept_tokens,
+        "original_tokens": kept.original_tokens,
+        "ratio": kept.ratio,
+        "score_share": kept.score_share,
+        "spans": [[a, b] for a, b in kept.spans],
+        "filter_layer": filter_layer,
+    }
+    node.excluded_embed_metadata_keys = _with_key(item.node.excluded_embed_metadata_keys, key)
+    node.excluded_llm_metadata_keys = _with_key(item.node.excluded_llm_metadata_keys, key)
+    node.set_content(kept.text)
+    return NodeWithScore(node=node, score=item.score)
+
+
+def _with_key(keys: list[str], key: str) -> list[str]:
+    return list(keys) if key in keys else [*keys, key]

@@ -1,0 +1,106 @@
+"""compress_batch / generate_batch: padded batched passes give what one-by-one calls give."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from gemfilter_rag.batch import build_prompts, score_prompts
+from gemfilter_rag.generation import GenerationResult
+
+ITEMS: list[tuple[list[str], str]] = [
+    (
+        [
+            "Cities send messages. New York tells you that you should make more money.",
+            "Cambridge tells you that you should be smarter. Silicon Valley tells you to be more powerful.",
+        ],
+        "What does Cambridge tell you?",
+    ),
+    (["Startups in 2005 could be started for far less money than in 1995."], "When were startups cheap?"),
+    (
+        [
+            "When you write an essay, you find out what you think. The act of putting ideas into sentences "
+            "forces you to notice the gaps in them.",
+            "",
+            "Dr. Smith said the results were good.",
+        ],
+        "What does writing an essay do?",
+    ),
+]
+
+
+@pytest.mark.parametrize("granularity", ["token", "sentence"])
+def test_compress_batch_equals_one_by_one(make_compressor: Callable[..., Any], arch: str, granularity: str) -> None:
+    comp = make_compressor(arch, granularity=granularity)
+    batched = comp.compress_batch(ITEMS, top_k=10)
+    single = [comp.compress(docs, q, top_k=10) for docs, q in ITEMS]
+    assert [b.kept_token_indices for b in batched] == [s.kept_token_indices for s in single]
+    assert [b.text for b in batched] == [s.text for s in single]
+    assert [b.filter_layer for b in batched] == [s.filter_layer for s in single] == [comp.filter_layer] * 3
+
+
+def test_padded_scores_match_unpadded(make_compressor: Callable[..., Any], arch: str) -> None:
+    comp = make_compressor(arch)
+    prompts = build_prompts(comp, ITEMS)
+    assert len({p.length for p in prompts}) == len(prompts)  # the batch really pads
+    batched = score_prompts(comp, prompts)
+    for p, scores in zip(prompts, batched, strict=True):
+        assert scores.shape == (p.context_tokens,)
+        torch.testing.assert_close(scores, comp.score_prompt(p), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_size_and_order(make_compressor: Callable[..., Any]) -> None:
+    comp = make_compressor("llama", granularity="token")
+    items = ITEMS * 2
+    by_two = comp.compress_batch(items, top_k=6, batch_size=2)
+    by_all = comp.compress_batch(items, top_k=6, batch_size=16)
+    assert [r.query for r in by_two] == [q for _, q in items]
+    assert [r.kept_token_indices for r in by_two] == [r.kept_token_indices for r in by_all]
+    # an item whose context fits the budget needs no pass and keeps everything
+    roomy = comp.compress_batch(ITEMS, top_k=10_000)
+    assert all(r.filter_layer is None and r.compressed_tokens == r.original_tokens for r in roomy)
+
+
+def test_generate_batch_equals_one_by_one(make_compressor: Callable[..., Any], arch: str) -> None:
+    comp = make_compressor(arch, granularity="token")
+    batched = comp.generate_batch(ITEMS, max_new_tokens=8, top_k=12)
+    for (docs, q), b in zip(ITEMS, batched, strict=True):
+        one = comp.generate(docs, q, max_new_tokens=8, top_k=12)
+        assert isinstance(one, GenerationResult)
+        assert b.compression.kept_token_indices == one.compression.kept_token_indices
+        assert b.prompt_tokens == one.prompt_tokens
+        assert b.token_ids == one.token_ids
+        assert b.text == one.text
+
+
+def test_batch_errors_name_the_argument(make_compressor: Callable[..., Any]) -> None:
+    comp = make_compressor("llama")
+    with pytest.raises(TypeError, match="items"):
+        comp.compress_batch("not pairs")
+    with pytest.raises(TypeError, match=r"items\[1\]"):
+        comp.compress_batch([ITEMS[0], ("just a query",)])
+    with pytest.raises(ValueError, match="batch_size"):
+        comp.compress_batch(ITEMS, batch_size=0)
+    with pytest.raises(ValueError, match="query"):
+        comp.generate_batch([(["text"], "")])
+
+
+def test_prompts_longer_than_the_model_fall_back_to_windows(make_compressor: Callable[..., Any]) -> None:
+    from conftest import MAX_POSITIONS, TRAINING_TEXT
+
+    comp = make_compressor("llama", granularity="token")
+    long_docs = [TRAINING_TEXT] * 3
+    assert build_prompts(comp, [(long_docs, "Who left?")])[0].length > MAX_POSITIONS
+    items = [(long_docs, "Who left?"), ITEMS[1]]
+    batched = comp.compress_batch(items, top_k=20)
+    assert [r.kept_token_indices for r in batched] == [
+        comp.compress(d, q, top_k=20).kept_token_indices for d, q in items
+    ]
+    # the answering prompt must fit the model too: the error names top_k
+    with pytest.raises(ValueError, match="top_k"):
+        comp.generate(long_docs, "Who left?", max_new_tokens=4, top_k=100_000)
+    res = comp.generate(long_docs, "Who left?", max_new_tokens=4, top_k=20)
+    assert isinstance(res, GenerationResult) and res.compression.compressed_tokens == 20

@@ -1,0 +1,57 @@
+"""benchmarks.speed: the quick run on a tiny saved model produces consistent JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: Any) -> Path:
+    from conftest import build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model_factory("llama").save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_quick_run_writes_a_consistent_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import speed
+
+    out = tmp_path / "results"
+    assert speed.main(["--quick", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    report = json.loads((out / "speed.json").read_text())
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch_threads"] >= 1
+    assert report["num_layers"] == 4
+    assert report["layer_fraction_limit"] == pytest.approx((report["filter_layer"] + 1) / 4)
+    assert [r["context_tokens"] for r in report["prefill"]] == list(speed.QUICK_PREFILL)
+    for row in report["prefill"]:
+        assert row["ratio"] == pytest.approx(row["filter_s"] / row["prefill_s"])
+        assert row["prefill_peak_mb"] > 0 and row["filter_peak_mb"] > 0
+    for row in report["generation"]:
+        full, gem = row["full"], row["gemfilter"]
+        assert full["new_tokens"] == gem["new_tokens"] == speed.NEW_TOKENS
+        assert gem["read_tokens"] < full["read_tokens"]  # GemFilter's full model read fewer tokens
+        assert 0 < gem["first_token"] <= gem["total"] and 0 < full["first_token"] <= full["total"]
+    md = (out / "speed.md").read_text()
+    assert report["machine"]["cpu"] in md and md.count("| gemfilter |") == len(report["generation"])
+    for name in ("speed_time.png", "speed_memory.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_context_documents_fill_the_budget(tokenizer: Any) -> None:
+    from benchmarks.speed import context_documents
+
+    docs = context_documents(tokenizer, 300)
+    n = sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in docs)
+    assert 290 <= n <= 300 and docs
+    from gemfilter_rag.data import load_essays
+
+    essays = "\n".join(text for _, text in load_essays())
+    assert all(d in essays for d in docs)  # whole paragraphs, the last one cut
+    more = context_documents(tokenizer, 3000)
+    assert len(more) > len(docs) and more[: len(docs) - 1] == docs[:-1]
