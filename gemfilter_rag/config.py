@@ -75,8 +75,9 @@ class GemFilterConfig:
     """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "share" (they share
     out the budget across documents, GemFilter picks sentences inside each), "add" (their z-score is
     added to the normalised token scores), or "none" (ignored). See ``gemfilter_rag.prior``."""
-    prior_weight: float = 1.0
-    """Strength of the retriever prior: softmax sharpness ("share") or weight of the z-score ("add")."""
+    prior_weight: float = 2.0
+    """Strength of the retriever prior: softmax sharpness ("share") or weight of the z-score ("add"). The
+    defaults ("share", 2.0) were chosen on NQ with 20 retrieved passages (benchmarks/selection_study.py)."""
 
     def __post_init__(self) -> None:
         if self.filter_layer is not None and (isinstance(self.filter_layer, bool) or
