@@ -41,10 +41,19 @@ def main() -> None:
                 res = comp.compress([probe.context], probe.question, top_k=budget)
                 a, b = probe.needle_span
                 whole = any(s <= a and b <= e for s, e in res.documents[0].spans)
-                rows.append({"length": probe.length, "depth": probe.depth, "question": probe.question,
-                             "granularity": granularity, "budget": budget, "needle_sentence_kept": whole,
-                             "answer_kept": answer_found(res.text, probe.answers),
-                             "context_tokens": res.original_tokens, "seconds": round(time.perf_counter() - t0, 2)})
+                rows.append(
+                    {
+                        "length": probe.length,
+                        "depth": probe.depth,
+                        "question": probe.question,
+                        "granularity": granularity,
+                        "budget": budget,
+                        "needle_sentence_kept": whole,
+                        "answer_kept": answer_found(res.text, probe.answers),
+                        "context_tokens": res.original_tokens,
+                        "seconds": round(time.perf_counter() - t0, 2),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"filter_layer": comp.filter_layer, "rows": rows}, indent=2) + "\n")

@@ -23,7 +23,7 @@ from .needles import Probe
 from .profiles import Profile, fingerprint
 from .prompt import FilterPrompt, build_prompt
 from .scoring import token_scores, top_k_sorted
-from .selection import select_units, token_units
+from .selection import MAX_SENTENCE_TOKENS, select_units, token_units
 from .sentences import sentence_spans
 
 SCORING_OPTIONS: dict[str, ScoringConfig] = {
@@ -33,8 +33,6 @@ SCORING_OPTIONS: dict[str, ScoringConfig] = {
     "question_raw_max7": ScoringConfig(query="question", softmax=False, heads="sum", pool="max", pool_width=7),
 }
 """The scoring options every calibration compares (name -> config)."""
-
-MAX_SENTENCE_TOKENS = 64
 
 
 def query_rows(prompt: FilterPrompt, query: str | int) -> torch.Tensor:
@@ -54,8 +52,9 @@ def span_tokens(starts: Sequence[int], ends: Sequence[int], span: tuple[int, int
     return torch.tensor(hits, dtype=torch.long)
 
 
-def needle_recall(scores: torch.Tensor, needle: torch.Tensor, units: Sequence[tuple[int, int]],
-                  budget: int) -> tuple[float, bool]:
+def needle_recall(
+    scores: torch.Tensor, needle: torch.Tensor, units: Sequence[tuple[int, int]], budget: int
+) -> tuple[float, bool]:
     """(token recall, whole sentence kept) of the needle tokens under ``budget``.
 
     scores: (N,) token scores; needle: (M,) needle token indices; units: sentence units.
@@ -93,44 +92,77 @@ class CalibrationReport:
         table = self.sentence_recall if metric == "sentence" else self.token_recall
         best = max(max(v) for v in table.values())
         for layer in range(self.num_layers):
-            near = [(table[o][layer], self.token_recall[o][layer], o) for o in table
-                    if table[o][layer] >= best - tolerance]
+            near = [
+                (table[o][layer], self.token_recall[o][layer], o) for o in table if table[o][layer] >= best - tolerance
+            ]
             if near:
                 return max(near)[2], layer
         raise AssertionError("unreachable: the best layer is always within tolerance")  # pragma: no cover
 
-    def to_profile(self, name: str, model_config: Any, *, tolerance: float = 0.02, top_k: int = 1024,
-                   command: str = "") -> Profile:
+    def to_profile(
+        self, name: str, model_config: Any, *, tolerance: float = 0.02, top_k: int = 1024, command: str = ""
+    ) -> Profile:
         """A profile with the chosen layer and scoring, recording how it was measured."""
         option, layer = self.choose(tolerance)
         date = _dt.date.today().isoformat()
         measurements = {
-            "date": date, "command": command, "budget": self.budget, "probes": self.probes,
-            "lengths": self.lengths, "depths": self.depths, "needles": self.needles, "tolerance": tolerance,
-            "chosen": {"option": option, "layer": layer, "cost": round(self.cost(layer), 4),
-                       "sentence_recall": round(self.sentence_recall[option][layer], 4),
-                       "token_recall": round(self.token_recall[option][layer], 4)},
-            "best_per_option": {o: {"layer": int(max(range(self.num_layers), key=lambda i: (v[i], -i))),
-                                    "sentence_recall": round(max(v), 4),
-                                    "token_recall": round(max(self.token_recall[o]), 4)}
-                                for o, v in self.sentence_recall.items()},
+            "date": date,
+            "command": command,
+            "budget": self.budget,
+            "probes": self.probes,
+            "lengths": self.lengths,
+            "depths": self.depths,
+            "needles": self.needles,
+            "tolerance": tolerance,
+            "chosen": {
+                "option": option,
+                "layer": layer,
+                "cost": round(self.cost(layer), 4),
+                "sentence_recall": round(self.sentence_recall[option][layer], 4),
+                "token_recall": round(self.token_recall[option][layer], 4),
+            },
+            "best_per_option": {
+                o: {
+                    "layer": int(max(range(self.num_layers), key=lambda i: (v[i], -i))),
+                    "sentence_recall": round(max(v), 4),
+                    "token_recall": round(max(self.token_recall[o]), 4),
+                }
+                for o, v in self.sentence_recall.items()
+            },
             "sentence_recall": {o: [round(x, 4) for x in v] for o, v in self.sentence_recall.items()},
             "token_recall": {o: [round(x, 4) for x in v] for o, v in self.token_recall.items()},
             "seconds": round(self.seconds, 1),
         }
-        source = (f"measured: gemfilter calibrate, {date}, {self.probes} needle probes "
-                  f"(lengths {self.lengths}, {len(self.depths)} depths, {self.needles} needles), budget "
-                  f"{self.budget}: {option} at layer {layer} keeps the needle sentence in "
-                  f"{self.sentence_recall[option][layer]:.0%} of probes")
-        return Profile(name=name, match=fingerprint(model_config), filter_layer=layer,
-                       scoring=asdict(SCORING_OPTIONS.get(option, ScoringConfig())), granularity="sentence",
-                       top_k=top_k, source=source, measurements=measurements)
+        source = (
+            f"measured: gemfilter calibrate, {date}, {self.probes} needle probes "
+            f"(lengths {self.lengths}, {len(self.depths)} depths, {self.needles} needles), budget "
+            f"{self.budget}: {option} at layer {layer} keeps the needle sentence in "
+            f"{self.sentence_recall[option][layer]:.0%} of probes"
+        )
+        return Profile(
+            name=name,
+            match=fingerprint(model_config),
+            filter_layer=layer,
+            scoring=asdict(SCORING_OPTIONS.get(option, ScoringConfig())),
+            granularity="sentence",
+            top_k=top_k,
+            source=source,
+            measurements=measurements,
+        )
 
 
-def calibrate(model: Any, tokenizer: Any, probes: Sequence[Probe], *, budget: int = 256,
-              options: dict[str, ScoringConfig] | None = None, layers: Sequence[int] | None = None,
-              config: GemFilterConfig | None = None, progress: bool = True,
-              checkpoint: Callable[[CalibrationReport], None] | None = None) -> CalibrationReport:
+def calibrate(
+    model: Any,
+    tokenizer: Any,
+    probes: Sequence[Probe],
+    *,
+    budget: int = 256,
+    options: dict[str, ScoringConfig] | None = None,
+    layers: Sequence[int] | None = None,
+    config: GemFilterConfig | None = None,
+    progress: bool = True,
+    checkpoint: Callable[[CalibrationReport], None] | None = None,
+) -> CalibrationReport:
     """Measure needle recall at ``budget`` for every layer and scoring option over ``probes``.
 
     ``checkpoint``, when given, receives the report over the probes done so far after each probe
@@ -160,17 +192,27 @@ def calibrate(model: Any, tokenizer: Any, probes: Sequence[Probe], *, budget: in
     def report() -> CalibrationReport:
         n = len(done)
         return CalibrationReport(
-            num_layers=n_layers, budget=budget,
+            num_layers=n_layers,
+            budget=budget,
             token_recall={o: [v / n for v in vals] for o, vals in sums_tok.items()},
             sentence_recall={o: [v / n for v in vals] for o, vals in sums_sent.items()},
-            probes=n, lengths=sorted({p.length for p in done}), depths=sorted({p.depth for p in done}),
+            probes=n,
+            lengths=sorted({p.length for p in done}),
+            depths=sorted({p.depth for p in done}),
             needles=len({p.question for p in done}),
             by_length={str(k): {o: [x / count_len[k] for x in v] for o, v in d.items()} for k, d in by_len.items()},
-            seconds=time.perf_counter() - t0)
+            seconds=time.perf_counter() - t0,
+        )
 
     for probe in iterator:
-        prompt = build_prompt(tokenizer, [probe.context], probe.question, separator=cfg.separator,
-                              template=cfg.template, use_chat_template=cfg.use_chat_template)
+        prompt = build_prompt(
+            tokenizer,
+            [probe.context],
+            probe.question,
+            separator=cfg.separator,
+            template=cfg.template,
+            use_chat_template=cfg.use_chat_template,
+        )
         doc = prompt.documents[0]
         needle = span_tokens(doc.starts, doc.ends, probe.needle_span)
         units = token_units(doc.ends, sentence_spans(doc.text), 0, MAX_SENTENCE_TOKENS)
@@ -181,8 +223,11 @@ def calibrate(model: Any, tokenizer: Any, probes: Sequence[Probe], *, budget: in
         for layer, cap in caps.items():
             for name, opt in options.items():
                 rows = query_rows(prompt, opt.query).to(device)  # (Q,)
-                scores = token_scores(cap.query[:, :, rows], cap.key, rows, opt, cap.scaling,
-                                      cap.sliding_window)[0, ctx].float().cpu()  # (N,)
+                scores = (
+                    token_scores(cap.query[:, :, rows], cap.key, rows, opt, cap.scaling, cap.sliding_window)[0, ctx]
+                    .float()
+                    .cpu()
+                )  # (N,)
                 tok, sent = needle_recall(scores, needle, units, budget)
                 sums_tok[name][layer] += tok
                 sums_sent[name][layer] += float(sent)

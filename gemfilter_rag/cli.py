@@ -30,8 +30,11 @@ def _positive_int(text: str) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model directory, .gguf file or cached hub id "
-                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory, .gguf file or cached hub id (default: the embedded SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
 
 
@@ -42,8 +45,9 @@ def _compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default=None, help="unit of selection")
     p.add_argument("--layer", type=int, default=None, help="filter layer (default: the profile's)")
     p.add_argument("--profile", default=None, help="a profile JSON to use instead of the matching shipped one")
-    p.add_argument("--scores", default=None, help="comma-separated retriever scores, one per FILE (higher = "
-                   "more relevant)")
+    p.add_argument(
+        "--scores", default=None, help="comma-separated retriever scores, one per FILE (higher = more relevant)"
+    )
     _model_options(p)
 
 
@@ -60,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--budget", type=_positive_int, default=256, help="token budget of the probes (default 256)")
     p.add_argument("--out", default="calibration", help="output folder (default ./calibration)")
-    p.add_argument("--lengths", type=_positive_int, nargs="+", default=[2048, 4096],
-                   help="probe lengths in tokens")
-    p.add_argument("--depths", type=_positive_int, default=5,
-                   help="number of needle depths (midpoints of equal bins of 0..1)")
+    p.add_argument("--lengths", type=_positive_int, nargs="+", default=[2048, 4096], help="probe lengths in tokens")
+    p.add_argument(
+        "--depths", type=_positive_int, default=5, help="number of needle depths (midpoints of equal bins of 0..1)"
+    )
     p.add_argument("--needles", type=_positive_int, default=8, help="number of different needles (max 10)")
     p.add_argument("--tolerance", type=float, default=0.02, help="recall tolerance for the earliest layer")
     p.add_argument("--name", default=None, help="profile name (default: from the model)")
@@ -165,12 +169,15 @@ def _compress(args: argparse.Namespace) -> int:
 def format_stats(result: Any, names: Sequence[str]) -> str:
     """Human-readable statistics of a result: totals, then one line per document."""
     t = result.timings
-    lines = [f"--- kept {result.compressed_tokens}/{result.original_tokens} tokens (ratio {result.ratio:.1f}x), "
-             f"layer {result.filter_layer}, granularity {result.granularity}, "
-             f"{t.get('total', 0.0):.2f} s (filter {t.get('filter', 0.0):.2f} s)"]
+    lines = [
+        f"--- kept {result.compressed_tokens}/{result.original_tokens} tokens (ratio {result.ratio:.1f}x), "
+        f"layer {result.filter_layer}, granularity {result.granularity}, "
+        f"{t.get('total', 0.0):.2f} s (filter {t.get('filter', 0.0):.2f} s)"
+    ]
     for doc, name in zip(result.documents, names, strict=False):
-        lines.append(f"    {name}: kept {doc.kept_tokens}/{doc.original_tokens} tokens, "
-                     f"score share {doc.score_share:.2f}")
+        lines.append(
+            f"    {name}: kept {doc.kept_tokens}/{doc.original_tokens} tokens, score share {doc.score_share:.2f}"
+        )
     return "\n".join(lines)
 
 

@@ -17,15 +17,11 @@ from .profiles import Profile, find_profile
 from .prompt import FilterPrompt, build_prompt
 from .result import CompressionResult, DocumentResult
 from .scoring import token_scores
-from .selection import Unit, select_tokens, select_units, token_units
+from .selection import MAX_SENTENCE_TOKENS, Unit, select_tokens, select_units, token_units
 from .sentences import sentence_spans
 
 if TYPE_CHECKING:
     from .generation import GenerationResult, GenerationStream
-
-MAX_SENTENCE_TOKENS = 64
-"""Longer sentences are cut into pieces of at most this many tokens, so that one run-on
-"sentence" cannot eat a budget whole or never fit in it."""
 
 
 class GemFilterCompressor:
@@ -44,11 +40,20 @@ class GemFilterCompressor:
     the model beyond its duration.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: GemFilterConfig | None = None, *,
-                 profile: str | Path | Profile | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: GemFilterConfig | None = None,
+        *,
+        profile: str | Path | Profile | None = None,
+        **options: Any,
+    ) -> None:
         if model is None or not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model: expected a loaded transformers model, got {type(model).__name__}; "
-                            "use GemFilterCompressor.from_pretrained(path) to load one.")
+            raise TypeError(
+                f"model: expected a loaded transformers model, got {type(model).__name__}; "
+                "use GemFilterCompressor.from_pretrained(path) to load one."
+            )
         if tokenizer is None or not callable(tokenizer):
             raise TypeError(f"tokenizer: expected a transformers tokenizer, got {type(tokenizer).__name__}.")
         if config is not None and not isinstance(config, GemFilterConfig):
@@ -60,8 +65,9 @@ class GemFilterCompressor:
             raise ValueError("profile: pass either config= or profile=, not both.")
         if profile is not None and not isinstance(profile, Profile):
             if not Path(profile).is_file():
-                raise FileNotFoundError(f"profile: no profile JSON at {profile}; pass a file written by "
-                                        "`gemfilter calibrate` or a Profile.")
+                raise FileNotFoundError(
+                    f"profile: no profile JSON at {profile}; pass a file written by `gemfilter calibrate` or a Profile."
+                )
             profile = Profile.load(profile)
         self.profile: Profile | None = profile or (find_profile(model.config) if config is None else None)
         base = config or (self.profile.config() if self.profile else GemFilterConfig())
@@ -74,9 +80,16 @@ class GemFilterCompressor:
         self.filter_layer: int = layer
 
     @classmethod
-    def from_pretrained(cls, model: str | None = None, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
-                        trust_remote_code: bool = False, **options: Any) -> GemFilterCompressor:
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> GemFilterCompressor:
         """Load a model and its tokenizer, offline, and wrap them.
 
         Args:
@@ -91,8 +104,13 @@ class GemFilterCompressor:
         """
         from .loading import load_model
 
-        lm, tok = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                             trust_remote_code=trust_remote_code)
+        lm, tok = load_model(
+            model,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
         return cls(lm, tok, **options)
 
     @property
@@ -103,12 +121,19 @@ class GemFilterCompressor:
     @property
     def max_positions(self) -> int | None:
         """Longest prompt, in tokens, that the model accepts."""
-        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config: Any = self.model.config
+        cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
         value = getattr(cfg, "max_position_embeddings", None)
         return int(value) if value else None
 
-    def compress(self, documents: Sequence[str], query: str, *, top_k: int | None = None,
-                 document_scores: Sequence[float] | None = None) -> CompressionResult:
+    def compress(
+        self,
+        documents: Sequence[str],
+        query: str,
+        *,
+        top_k: int | None = None,
+        document_scores: Sequence[float] | None = None,
+    ) -> CompressionResult:
         """Keep at most ``top_k`` context tokens of ``documents`` that matter for ``query``.
 
         Args:
@@ -127,8 +152,14 @@ class GemFilterCompressor:
         budget = check_top_k(self.config.top_k if top_k is None else top_k)
         prior_scores = check_document_scores(document_scores, len(docs))
         cfg = self.config
-        prompt = build_prompt(self.tokenizer, docs, query, separator=cfg.separator, template=cfg.template,
-                              use_chat_template=cfg.use_chat_template)
+        prompt = build_prompt(
+            self.tokenizer,
+            docs,
+            query,
+            separator=cfg.separator,
+            template=cfg.template,
+            use_chat_template=cfg.use_chat_template,
+        )
         t1 = time.perf_counter()
         n = prompt.context_tokens
         if budget >= n:
@@ -142,13 +173,15 @@ class GemFilterCompressor:
         if layer is not None:
             keep = self._select(prompt, scores, budget, prior_scores)
         t3 = time.perf_counter()
-        result = _assemble(prompt, query, keep, scores, layer, cfg, {
-            "tokenize": t1 - t0, "filter": t2 - t1, "select": t3 - t2})
+        result = _assemble(
+            prompt, query, keep, scores, layer, cfg, {"tokenize": t1 - t0, "filter": t2 - t1, "select": t3 - t2}
+        )
         result.timings["total"] = time.perf_counter() - t0
         return result
 
-    def compress_batch(self, items: Sequence[tuple[Sequence[str], str]], *, top_k: int | None = None,
-                       batch_size: int = 8) -> list[CompressionResult]:
+    def compress_batch(
+        self, items: Sequence[tuple[Sequence[str], str]], *, top_k: int | None = None, batch_size: int = 8
+    ) -> list[CompressionResult]:
         """``compress`` over several (documents, query) pairs, ``batch_size`` filter passes at once.
 
         Results are those of one-by-one calls, in input order (see ``gemfilter_rag.batch``).
@@ -158,17 +191,39 @@ class GemFilterCompressor:
         return compress_batch(self, items, top_k=top_k, batch_size=batch_size)
 
     @overload
-    def generate(self, documents: Sequence[str], query: str, *, max_new_tokens: int = ...,
-                 top_k: int | None = ..., stream: Literal[False] = ...,
-                 **generation_kwargs: Any) -> GenerationResult: ...
+    def generate(
+        self,
+        documents: Sequence[str],
+        query: str,
+        *,
+        max_new_tokens: int = ...,
+        top_k: int | None = ...,
+        stream: Literal[False] = ...,
+        **generation_kwargs: Any,
+    ) -> GenerationResult: ...
 
     @overload
-    def generate(self, documents: Sequence[str], query: str, *, max_new_tokens: int = ...,
-                 top_k: int | None = ..., stream: Literal[True], **generation_kwargs: Any) -> GenerationStream: ...
+    def generate(
+        self,
+        documents: Sequence[str],
+        query: str,
+        *,
+        max_new_tokens: int = ...,
+        top_k: int | None = ...,
+        stream: Literal[True],
+        **generation_kwargs: Any,
+    ) -> GenerationStream: ...
 
-    def generate(self, documents: Sequence[str], query: str, *, max_new_tokens: int = 256,
-                 top_k: int | None = None, stream: bool = False,
-                 **generation_kwargs: Any) -> GenerationResult | GenerationStream:
+    def generate(
+        self,
+        documents: Sequence[str],
+        query: str,
+        *,
+        max_new_tokens: int = 256,
+        top_k: int | None = None,
+        stream: bool = False,
+        **generation_kwargs: Any,
+    ) -> GenerationResult | GenerationStream:
         """Answer ``query`` with this model from the kept context of ``documents`` (the paper's path).
 
         Filter pass, then the full model over the kept tokens plus the question, then greedy
@@ -178,17 +233,25 @@ class GemFilterCompressor:
         """
         from .generation import generate
 
-        return generate(self, documents, query, max_new_tokens=max_new_tokens, top_k=top_k, stream=stream,
-                        **generation_kwargs)
+        return generate(
+            self, documents, query, max_new_tokens=max_new_tokens, top_k=top_k, stream=stream, **generation_kwargs
+        )
 
-    def generate_batch(self, items: Sequence[tuple[Sequence[str], str]], *, max_new_tokens: int = 256,
-                       top_k: int | None = None, batch_size: int = 8,
-                       **generation_kwargs: Any) -> list[GenerationResult]:
+    def generate_batch(
+        self,
+        items: Sequence[tuple[Sequence[str], str]],
+        *,
+        max_new_tokens: int = 256,
+        top_k: int | None = None,
+        batch_size: int = 8,
+        **generation_kwargs: Any,
+    ) -> list[GenerationResult]:
         """``generate`` over several (documents, query) pairs with batched passes (left-padded decoding)."""
         from .generation import generate_batch
 
-        return generate_batch(self, items, max_new_tokens=max_new_tokens, top_k=top_k, batch_size=batch_size,
-                              **generation_kwargs)
+        return generate_batch(
+            self, items, max_new_tokens=max_new_tokens, top_k=top_k, batch_size=batch_size, **generation_kwargs
+        )
 
     def score_prompt(self, prompt: FilterPrompt) -> torch.Tensor:
         """Score every context token of a built prompt at the filter layer. Returns (N,) float32."""
@@ -202,8 +265,9 @@ class GemFilterCompressor:
         memory.check_pass(self.model, prompt.length, len(self._query_rows(prompt)), device=device)
         capture = early_exit.capture_layer(self.model, ids, self.filter_layer)
         rows = self._query_rows(prompt).to(device)  # (Q,)
-        scores = token_scores(capture.query[:, :, rows], capture.key, rows, self.config.scoring,
-                              capture.scaling, capture.sliding_window)  # (1, T)
+        scores = token_scores(
+            capture.query[:, :, rows], capture.key, rows, self.config.scoring, capture.scaling, capture.sliding_window
+        )  # (1, T)
         return scores[0, prompt.context_positions().to(device)].float().cpu()  # (N,)
 
     def _score_ids(self, input_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -212,8 +276,18 @@ class GemFilterCompressor:
         memory.check_pass(self.model, int(input_ids.shape[0]), int(rows.numel()), device=device)
         capture = early_exit.capture_layer(self.model, input_ids[None].to(device), self.filter_layer)
         rows = rows.to(device)
-        return token_scores(capture.query[:, :, rows], capture.key, rows, self.config.scoring, capture.scaling,
-                            capture.sliding_window)[0].float().cpu()  # (T,)
+        return (
+            token_scores(
+                capture.query[:, :, rows],
+                capture.key,
+                rows,
+                self.config.scoring,
+                capture.scaling,
+                capture.sliding_window,
+            )[0]
+            .float()
+            .cpu()
+        )  # (T,)
 
     def _query_rows(self, prompt: FilterPrompt) -> torch.Tensor:
         rows = self.config.scoring.query
@@ -224,13 +298,15 @@ class GemFilterCompressor:
             return torch.arange(prompt.query_start, t)
         return torch.arange(max(0, t - int(rows)), t)
 
-    def _select(self, prompt: FilterPrompt, scores: torch.Tensor, budget: int,
-                document_scores: Sequence[float] | None = None) -> torch.Tensor:
+    def _select(
+        self, prompt: FilterPrompt, scores: torch.Tensor, budget: int, document_scores: Sequence[float] | None = None
+    ) -> torch.Tensor:
         granularity = self.config.granularity
         mode = self.config.prior if document_scores is not None else "none"
         if mode == "add":
-            scores = add_prior(scores, [len(d.ids) for d in prompt.documents], document_scores or [],
-                               self.config.prior_weight)
+            scores = add_prior(
+                scores, [len(d.ids) for d in prompt.documents], document_scores or [], self.config.prior_weight
+            )
         if granularity == "token" and mode != "share":
             return select_tokens(scores, budget)
         doc_units: list[list[Unit]] = []
@@ -241,15 +317,23 @@ class GemFilterCompressor:
             elif granularity == "token":
                 doc_units.append([(t, t + 1) for t in range(start, start + len(doc.ids))])
             else:
-                doc_units.append(token_units(doc.ends, sentence_spans(doc.text), start, MAX_SENTENCE_TOKENS))
+                piece = min(MAX_SENTENCE_TOKENS, budget)  # a sentence piece always fits the budget
+                doc_units.append(token_units(doc.ends, sentence_spans(doc.text), start, piece))
             start += len(doc.ids)
         if mode == "share":
             return share_budget(document_scores or [], doc_units, scores, budget, self.config.prior_weight)
         return select_units(scores, [u for units in doc_units for u in units], budget)
 
 
-def _assemble(prompt: FilterPrompt, query: str, keep: torch.Tensor, scores: torch.Tensor, layer: int | None,
-              cfg: GemFilterConfig, timings: dict[str, float]) -> CompressionResult:
+def _assemble(
+    prompt: FilterPrompt,
+    query: str,
+    keep: torch.Tensor,
+    scores: torch.Tensor,
+    layer: int | None,
+    cfg: GemFilterConfig,
+    timings: dict[str, float],
+) -> CompressionResult:
     kept = keep.tolist()
     shifted = scores - scores.min() if scores.numel() else scores
     total = float(shifted.sum()) if scores.numel() else 0.0
@@ -263,19 +347,35 @@ def _assemble(prompt: FilterPrompt, query: str, keep: torch.Tensor, scores: torc
             mine.append(kept[pos] - start)
             pos += 1
         spans = _merge_spans([(doc.starts[t], doc.ends[t]) for t in mine])
-        share = float(shifted[start:end].sum()) / total if total > 0 else (
-            len(doc.ids) / max(1, prompt.context_tokens))
-        out.append(DocumentResult(index=i, text="".join(doc.text[a:b] for a, b in spans), spans=spans,
-                                  kept_tokens=len(mine), original_tokens=len(doc.ids),
-                                  score_share=share if math.isfinite(share) else 0.0))
+        share = float(shifted[start:end].sum()) / total if total > 0 else (len(doc.ids) / max(1, prompt.context_tokens))
+        out.append(
+            DocumentResult(
+                index=i,
+                text="".join(doc.text[a:b] for a, b in spans),
+                spans=spans,
+                kept_tokens=len(mine),
+                original_tokens=len(doc.ids),
+                score_share=share if math.isfinite(share) else 0.0,
+            )
+        )
         start = end
     text = cfg.separator.join(d.text for d in out if d.text)
-    return CompressionResult(text=text, documents=out, query=query, kept_token_indices=kept,
-                             original_tokens=prompt.context_tokens, compressed_tokens=len(kept),
-                             filter_layer=layer, granularity=cfg.granularity, timings=timings,
-                             details={"documents": [d.text for d in prompt.documents],
-                                      "token_ends": [list(d.ends) for d in prompt.documents],
-                                      "scores": scores.float().tolist()})
+    return CompressionResult(
+        text=text,
+        documents=out,
+        query=query,
+        kept_token_indices=kept,
+        original_tokens=prompt.context_tokens,
+        compressed_tokens=len(kept),
+        filter_layer=layer,
+        granularity=cfg.granularity,
+        timings=timings,
+        details={
+            "documents": [d.text for d in prompt.documents],
+            "token_ends": [list(d.ends) for d in prompt.documents],
+            "scores": scores.float().tolist(),
+        },
+    )
 
 
 def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -299,12 +399,16 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 def _check_documents(documents: Any) -> list[str]:
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise TypeError(f"documents: expected a sequence of str, got {type(documents).__name__}; "
-                        "wrap a single text in a list: [text].")
+        raise TypeError(
+            f"documents: expected a sequence of str, got {type(documents).__name__}; "
+            "wrap a single text in a list: [text]."
+        )
     for i, doc in enumerate(documents):
         if not isinstance(doc, str):
-            raise TypeError(f"documents[{i}]: expected str, got {type(doc).__name__}; pass the text "
-                            "(for a LangChain Document, its page_content).")
+            raise TypeError(
+                f"documents[{i}]: expected str, got {type(doc).__name__}; pass the text "
+                "(for a LangChain Document, its page_content)."
+            )
     return list(documents)
 
 

@@ -35,15 +35,20 @@ class ScoringConfig:
     """Width of the pooling window, an odd number of tokens."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.query, bool) or not (self.query in ("last", "question") or
-                                                (isinstance(self.query, int) and self.query > 0)):
+        if isinstance(self.query, bool) or not (
+            self.query in ("last", "question") or (isinstance(self.query, int) and self.query > 0)
+        ):
             raise ValueError(f"query: {self.query!r} is not valid; use 'last', 'question' or a positive int.")
         if self.heads not in ("sum", "max"):
             raise ValueError(f"heads: {self.heads!r} is not valid; use 'sum' or 'max'.")
         if self.pool not in ("avg", "max", "none"):
             raise ValueError(f"pool: {self.pool!r} is not valid; use 'avg', 'max' or 'none'.")
-        if isinstance(self.pool_width, bool) or not isinstance(self.pool_width, int) or self.pool_width < 1 \
-                or self.pool_width % 2 == 0:
+        if (
+            isinstance(self.pool_width, bool)
+            or not isinstance(self.pool_width, int)
+            or self.pool_width < 1
+            or self.pool_width % 2 == 0
+        ):
             raise ValueError(f"pool_width: {self.pool_width!r} is not valid; use an odd positive int such as 5 or 7.")
 
     @classmethod
@@ -80,8 +85,9 @@ class GemFilterConfig:
     defaults ("share", 2.0) were chosen on NQ with 20 retrieved passages (benchmarks/selection_study.py)."""
 
     def __post_init__(self) -> None:
-        if self.filter_layer is not None and (isinstance(self.filter_layer, bool) or
-                                              not isinstance(self.filter_layer, int) or self.filter_layer < 0):
+        if self.filter_layer is not None and (
+            isinstance(self.filter_layer, bool) or not isinstance(self.filter_layer, int) or self.filter_layer < 0
+        ):
             raise ValueError(f"filter_layer: {self.filter_layer!r} is not valid; use a layer index >= 0 or None.")
         check_top_k(self.top_k)
         if self.granularity not in ("token", "sentence", "document"):
@@ -94,13 +100,18 @@ class GemFilterConfig:
             raise TypeError(f"template: expected a str, got {type(self.template).__name__}.")
         if self.prior not in ("none", "share", "add"):
             raise ValueError(f"prior: {self.prior!r} is not valid; use 'none', 'share' or 'add'.")
-        if isinstance(self.prior_weight, bool) or not isinstance(self.prior_weight, (int, float)) \
-                or not math.isfinite(self.prior_weight) or self.prior_weight < 0:
+        if (
+            isinstance(self.prior_weight, bool)
+            or not isinstance(self.prior_weight, (int, float))
+            or not math.isfinite(self.prior_weight)
+            or self.prior_weight < 0
+        ):
             raise ValueError(f"prior_weight: {self.prior_weight!r} is not valid; use a finite number >= 0 such as 1.0.")
         c, q = self.template.find("{context}"), self.template.find("{query}")
         if c < 0 or q < 0 or q < c or self.template.count("{context}") != 1 or self.template.count("{query}") != 1:
-            raise ValueError("template: must contain '{context}' once and then '{query}' once, "
-                             f"e.g. {DEFAULT_TEMPLATE!r}.")
+            raise ValueError(
+                f"template: must contain '{{context}}' once and then '{{query}}' once, e.g. {DEFAULT_TEMPLATE!r}."
+            )
 
     def with_options(self, **options: Any) -> GemFilterConfig:
         """A copy with some fields changed; scoring fields may be given flat (``softmax=False``)."""

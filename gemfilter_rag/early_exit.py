@@ -75,7 +75,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
                 if any(getattr(m, "is_causal", True) is False for m in module.modules()):
                     raise ValueError(
                         f"model: {type(model).__name__} attends in both directions (an encoder such as BERT, "
-                        "or a bidirectional embedding model); GemFilter needs a causal decoder-only LM.")
+                        "or a bidirectional embedding model); GemFilter needs a causal decoder-only LM."
+                    )
                 return module
     raise ValueError(
         f"model: could not find the decoder layers of {type(model).__name__} (a ModuleList of "
@@ -90,19 +91,27 @@ def _is_causal_lm(model: nn.Module) -> bool:
 
 
 def _has_attention(layer: nn.Module) -> bool:
-    return any(hasattr(m, "layer_idx") and ("attn" in n.lower() or "attention" in n.lower())
-               for n, m in layer.named_modules())
+    return any(
+        hasattr(m, "layer_idx") and ("attn" in n.lower() or "attention" in n.lower()) for n, m in layer.named_modules()
+    )
 
 
 def _dispatcher(base: str) -> Callable[..., Any]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> Any:
         armed = _ARMED.get()
-        if armed is not None and (id(module) in armed.target_ids or
-                                  (armed.record is not None and id(module) in armed.record)):
+        if armed is not None and (
+            id(module) in armed.target_ids or (armed.record is not None and id(module) in armed.record)
+        ):
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = query.shape[-1] ** -0.5
@@ -126,8 +135,9 @@ def _eager_for(module: nn.Module) -> Callable[..., Any]:
 
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
-        raise ValueError(f"model: {type(module).__name__} has no eager_attention_forward; "
-                         "use attn_implementation='sdpa'.")
+        raise ValueError(
+            f"model: {type(module).__name__} has no eager_attention_forward; use attn_implementation='sdpa'."
+        )
     return fn  # type: ignore[no-any-return]
 
 
@@ -143,8 +153,10 @@ def _ensure_registered(base: str) -> str:
             # The mask must be built exactly as for the base implementation (sdpa may skip it,
             # flash attention wants none, sliding-window layers need theirs).
             if base not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-                raise ValueError(f"model: attention implementation {base!r} has no mask function; "
-                                 "load the model with attn_implementation='sdpa' or 'eager'.")
+                raise ValueError(
+                    f"model: attention implementation {base!r} has no mask function; "
+                    "load the model with attn_implementation='sdpa' or 'eager'."
+                )
             AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     return name
 
@@ -169,7 +181,7 @@ def _routed(model: nn.Module) -> Iterator[None]:
             if count == 0:
                 base = original or "sdpa"
                 if base.startswith(_PREFIX):
-                    base = base[len(_PREFIX):]
+                    base = base[len(_PREFIX) :]
                 cfg._attn_implementation_internal = _ensure_registered(base)
             _ACTIVE_PASSES[id(cfg)] = (count + 1, original)
     try:
@@ -186,8 +198,9 @@ def _routed(model: nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def capture_layer(model: nn.Module, input_ids: torch.Tensor, layer: int,
-                  attention_mask: torch.Tensor | None = None) -> LayerCapture:
+def capture_layer(
+    model: nn.Module, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None
+) -> LayerCapture:
     """Run ``model`` on ``input_ids`` (B, T) through layer ``layer`` and return its query/key.
 
     Layers ``0..layer-1`` run in full with the model's configured attention; layer ``layer``
@@ -212,8 +225,12 @@ def capture_layer(model: nn.Module, input_ids: torch.Tensor, layer: int,
 
 
 @torch.inference_mode()
-def capture_layers(model: nn.Module, input_ids: torch.Tensor, layers: list[int] | tuple[int, ...],
-                   attention_mask: torch.Tensor | None = None) -> dict[int, LayerCapture]:
+def capture_layers(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    layers: list[int] | tuple[int, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> dict[int, LayerCapture]:
     """Capture the query/key of several layers in one pass; stop inside the last of them.
 
     Returns ``{layer: LayerCapture}`` for every requested layer. Calibration uses this to score
@@ -242,5 +259,6 @@ def capture_layers(model: nn.Module, input_ids: torch.Tensor, layers: list[int] 
     if missing:
         raise RuntimeError(
             f"model: layers {missing} of {type(model).__name__} never called their attention function; "
-            "this architecture does not route attention through transformers' AttentionInterface.")
+            "this architecture does not route attention through transformers' AttentionInterface."
+        )
     return captured

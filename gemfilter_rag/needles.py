@@ -17,26 +17,56 @@ class Needle:
 
 
 NEEDLES: tuple[Needle, ...] = (
-    Needle("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
-           "What is the best thing to do in San Francisco?", ("sandwich", "dolores park")),
-    Needle("The secret ingredient in Grandma Ilse's apple cake is a spoonful of cardamom.",
-           "What is the secret ingredient in Grandma Ilse's apple cake?", ("cardamom",)),
-    Needle("The lighthouse on Varnholm Island was painted bright orange in 1987.",
-           "What color was the lighthouse on Varnholm Island painted?", ("orange",)),
-    Needle("The password to the Blue Fern book club is periwinkle42.",
-           "What is the password to the Blue Fern book club?", ("periwinkle42",)),
-    Needle("Captain Oduya's ship, the Marlowe, carried a cargo of copper bells.",
-           "What cargo did Captain Oduya's ship carry?", ("copper bells", "bells")),
-    Needle("The annual Kestrel Valley chess tournament is always held in the old granary.",
-           "Where is the Kestrel Valley chess tournament held?", ("granary",)),
-    Needle("Professor Lindqvist's favourite instrument is the bassoon.",
-           "What is Professor Lindqvist's favourite instrument?", ("bassoon",)),
-    Needle("The quiet village of Tremaine gets its drinking water from a glacier called Solvik.",
-           "Where does the village of Tremaine get its drinking water?", ("solvik", "glacier")),
-    Needle("The robot named Pemberton was built to sort seashells by size.",
-           "What was the robot named Pemberton built to do?", ("seashells", "sort seashells")),
-    Needle("Mira's lucky number is seventy-three, because she was born on the seventh of March.",
-           "What is Mira's lucky number?", ("seventy-three", "73")),
+    Needle(
+        "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+        "What is the best thing to do in San Francisco?",
+        ("sandwich", "dolores park"),
+    ),
+    Needle(
+        "The secret ingredient in Grandma Ilse's apple cake is a spoonful of cardamom.",
+        "What is the secret ingredient in Grandma Ilse's apple cake?",
+        ("cardamom",),
+    ),
+    Needle(
+        "The lighthouse on Varnholm Island was painted bright orange in 1987.",
+        "What color was the lighthouse on Varnholm Island painted?",
+        ("orange",),
+    ),
+    Needle(
+        "The password to the Blue Fern book club is periwinkle42.",
+        "What is the password to the Blue Fern book club?",
+        ("periwinkle42",),
+    ),
+    Needle(
+        "Captain Oduya's ship, the Marlowe, carried a cargo of copper bells.",
+        "What cargo did Captain Oduya's ship carry?",
+        ("copper bells", "bells"),
+    ),
+    Needle(
+        "The annual Kestrel Valley chess tournament is always held in the old granary.",
+        "Where is the Kestrel Valley chess tournament held?",
+        ("granary",),
+    ),
+    Needle(
+        "Professor Lindqvist's favourite instrument is the bassoon.",
+        "What is Professor Lindqvist's favourite instrument?",
+        ("bassoon",),
+    ),
+    Needle(
+        "The quiet village of Tremaine gets its drinking water from a glacier called Solvik.",
+        "Where does the village of Tremaine get its drinking water?",
+        ("solvik", "glacier"),
+    ),
+    Needle(
+        "The robot named Pemberton was built to sort seashells by size.",
+        "What was the robot named Pemberton built to do?",
+        ("seashells", "sort seashells"),
+    ),
+    Needle(
+        "Mira's lucky number is seventy-three, because she was born on the seventh of March.",
+        "What is Mira's lucky number?",
+        ("seventy-three", "73"),
+    ),
 )
 """Ten made-up facts: none of them can be answered from the essays or from general knowledge."""
 
@@ -95,15 +125,16 @@ def _boundary_near(text: str, pos: int) -> int:
     return best
 
 
-def make_probes(tokenizer: Any, haystack: str, lengths: Sequence[int], depths: Sequence[float],
-                needles: Sequence[Needle] = NEEDLES) -> list[Probe]:
+def make_probes(
+    tokenizer: Any, haystack: str, lengths: Sequence[int], depths: Sequence[float], needles: Sequence[Needle] = NEEDLES
+) -> list[Probe]:
     """Every (length, depth, needle) combination; the haystack rotates per needle so texts differ."""
     probes: list[Probe] = []
     for i, needle in enumerate(needles):
         shift = (i * len(haystack)) // max(1, len(needles))
         rotated = haystack[shift:] + haystack[:shift]
         nl = rotated.find("\n")
-        rotated = rotated[nl + 1:] if 0 <= nl < 2000 else rotated
+        rotated = rotated[nl + 1 :] if 0 <= nl < 2000 else rotated
         rotated = rotated[: 12 * max(lengths, default=0) + 1000]  # plenty of characters; keeps tokenizing cheap
         for length in lengths:
             for depth in depths:

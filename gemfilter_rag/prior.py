@@ -31,19 +31,23 @@ def check_document_scores(document_scores: Any, n_documents: int) -> list[float]
         try:
             document_scores = list(document_scores)
         except TypeError:
-            raise TypeError(f"document_scores: expected a sequence of floats, got "
-                            f"{type(document_scores).__name__}.") from None
+            raise TypeError(
+                f"document_scores: expected a sequence of floats, got {type(document_scores).__name__}."
+            ) from None
     if len(document_scores) != n_documents:
-        raise ValueError(f"document_scores: has {len(document_scores)} scores for {n_documents} documents; "
-                         "pass one score per document, in the same order.")
+        raise ValueError(
+            f"document_scores: has {len(document_scores)} scores for {n_documents} documents; "
+            "pass one score per document, in the same order."
+        )
     out: list[float] = []
     for i, s in enumerate(document_scores):
         if isinstance(s, bool) or not isinstance(s, (int, float)) and not hasattr(s, "__float__"):
             raise TypeError(f"document_scores[{i}]: expected a number, got {type(s).__name__}.")
         value = float(s)
         if not math.isfinite(value):
-            raise ValueError(f"document_scores[{i}]: {value!r} is not finite; pass finite similarities or "
-                             "negated ranks.")
+            raise ValueError(
+                f"document_scores[{i}]: {value!r} is not finite; pass finite similarities or negated ranks."
+            )
         out.append(value)
     return out
 
@@ -63,8 +67,13 @@ def budget_shares(document_scores: Sequence[float], weight: float) -> torch.Tens
     return torch.softmax(weight * z, dim=0) if z.numel() else z
 
 
-def share_budget(document_scores: Sequence[float], doc_units: Sequence[Sequence[Unit]], scores: torch.Tensor,
-                 budget: int, weight: float) -> torch.Tensor:
+def share_budget(
+    document_scores: Sequence[float],
+    doc_units: Sequence[Sequence[Unit]],
+    scores: torch.Tensor,
+    budget: int,
+    weight: float,
+) -> torch.Tensor:
     """The ``"share"`` mode: retriever shares the budget, GemFilter picks the units inside each document.
 
     doc_units: for each document its units (global token indices); scores: (N,) token scores.
@@ -91,8 +100,9 @@ def share_budget(document_scores: Sequence[float], doc_units: Sequence[Sequence[
     return torch.sort(torch.cat(kept)).values
 
 
-def add_prior(scores: torch.Tensor, doc_lengths: Sequence[int], document_scores: Sequence[float],
-              weight: float) -> torch.Tensor:
+def add_prior(
+    scores: torch.Tensor, doc_lengths: Sequence[int], document_scores: Sequence[float], weight: float
+) -> torch.Tensor:
     """The ``"add"`` mode: token scores normalised to mean 1, plus ``weight`` x their document's z-score.
 
     scores: (N,) with N = sum(doc_lengths). Returns (N,) float32.

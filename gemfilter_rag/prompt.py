@@ -58,8 +58,9 @@ def prompt_frame(tokenizer: Any, template: str, use_chat_template: bool) -> tupl
     user = template.replace("{context}", _CTX).replace("{query}", _QRY)
     text = user
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
     prefix, rest = text.split(_CTX)
     middle, suffix = rest.split(_QRY)
     if not (use_chat_template and getattr(tokenizer, "chat_template", None)) and tokenizer.bos_token:
@@ -129,8 +130,9 @@ def _plain_text_backend(tokenizer: Any, text: str) -> Any | None:
     return cached[3]
 
 
-def build_prompt(tokenizer: Any, documents: Sequence[str], query: str, *, separator: str,
-                 template: str, use_chat_template: bool) -> FilterPrompt:
+def build_prompt(
+    tokenizer: Any, documents: Sequence[str], query: str, *, separator: str, template: str, use_chat_template: bool
+) -> FilterPrompt:
     """Token ids of the whole filter prompt, with the position of every document and the query."""
     prefix, middle, suffix = prompt_frame(tokenizer, template, use_chat_template)
 
@@ -151,5 +153,4 @@ def build_prompt(tokenizer: Any, documents: Sequence[str], query: str, *, separa
     out += ids(middle)
     query_start = len(out)
     out += ids(query) + ids(suffix)
-    return FilterPrompt(torch.tensor(out, dtype=torch.long), docs, offsets, query_start,
-                        sum(len(d.ids) for d in docs))
+    return FilterPrompt(torch.tensor(out, dtype=torch.long), docs, offsets, query_start, sum(len(d.ids) for d in docs))

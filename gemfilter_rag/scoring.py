@@ -70,8 +70,14 @@ def pool(scores: torch.Tensor, kind: str, width: int) -> torch.Tensor:
     raise ValueError(f"pool: unknown pooling {kind!r}; use 'avg', 'max' or 'none'")
 
 
-def token_scores(query: torch.Tensor, key: torch.Tensor, query_positions: torch.Tensor,
-                 config: ScoringConfig, scaling: float, sliding_window: int | None = None) -> torch.Tensor:
+def token_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    query_positions: torch.Tensor,
+    config: ScoringConfig,
+    scaling: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
     """One score per token (B, T) from the scoring rows of a layer's query and all its keys.
 
     query: (B, H, Q, D), the rows at ``query_positions`` (Q,); key: (B, KV, T, D).

@@ -10,6 +10,10 @@ from .scoring import top_k_sorted
 
 Unit = tuple[int, int]  # [start, end) in context-token indices
 
+MAX_SENTENCE_TOKENS = 64
+"""Longer sentences are cut into pieces of at most this many tokens (and never more than the budget),
+so that one run-on "sentence" can neither eat a budget whole nor never fit in it."""
+
 
 def select_tokens(scores: torch.Tensor, budget: int) -> torch.Tensor:
     """The paper's selection: the ``budget`` best tokens, in original order. scores: (N,)."""
@@ -51,8 +55,9 @@ def select_units(scores: torch.Tensor, units: Sequence[Unit], budget: int) -> to
     return torch.cat([torch.arange(units[u][0], units[u][1]) for u in kept])
 
 
-def token_units(token_ends: Sequence[int], spans: Sequence[tuple[int, int]], offset: int,
-                max_tokens: int) -> list[Unit]:
+def token_units(
+    token_ends: Sequence[int], spans: Sequence[tuple[int, int]], offset: int, max_tokens: int
+) -> list[Unit]:
     """Group one document's tokens into units that follow character ``spans`` (e.g. sentences).
 
     A token belongs to the span holding its last character; a unit longer than ``max_tokens`` is

@@ -60,8 +60,9 @@ def merge_window_scores(length: int, slices: Sequence[tuple[int, int]], scores: 
     return out
 
 
-def score_in_windows(prompt: FilterPrompt, max_positions: int, query: str | int, score: ScoreFn,
-                     overlap_fraction: float = 0.125) -> torch.Tensor:
+def score_in_windows(
+    prompt: FilterPrompt, max_positions: int, query: str | int, score: ScoreFn, overlap_fraction: float = 0.125
+) -> torch.Tensor:
     """Scores (N,) of every context token of ``prompt``, scored window by window.
 
     ``query`` is ``ScoringConfig.query`` (which rows score); ``score`` runs one filter pass.
@@ -75,9 +76,11 @@ def score_in_windows(prompt: FilterPrompt, max_positions: int, query: str | int,
     frame = int(prefix.numel() + tail.numel())
     window = max_positions - frame
     if window < MIN_WINDOW:
-        raise ValueError(f"query: the prompt frame and question take {frame} tokens, which leaves {max(window, 0)} "
-                         f"of the model's {max_positions} positions for context (need {MIN_WINDOW}); "
-                         "shorten the question or use a filter model with a longer context.")
+        raise ValueError(
+            f"query: the prompt frame and question take {frame} tokens, which leaves {max(window, 0)} "
+            f"of the model's {max_positions} positions for context (need {MIN_WINDOW}); "
+            "shorten the question or use a filter model with a longer context."
+        )
     overlap = int(window * overlap_fraction)
     slices = plan_windows(int(region.numel()), window, overlap)
     query_offset = prompt.query_start - c1  # question start, relative to the end of the context
@@ -93,6 +96,6 @@ def score_in_windows(prompt: FilterPrompt, max_positions: int, query: str | int,
         else:
             rows = torch.arange(max(0, t - int(query)), t)
         s = score(win, rows)  # (T_w,)
-        parts.append(s[prefix.numel(): prefix.numel() + (b - a)].float().cpu())
+        parts.append(s[prefix.numel() : prefix.numel() + (b - a)].float().cpu())
     merged = merge_window_scores(int(region.numel()), slices, parts)  # (region,)
     return merged[prompt.context_positions() - c0]  # (N,)

@@ -84,8 +84,14 @@ def test_span_tokens_and_needle_recall_against_a_manual_count() -> None:
 
 
 def test_query_rows(tokenizer) -> None:
-    prompt = build_prompt(tokenizer, ["one two three"], "why?", separator="\n\n",
-                          template="Context:\n{context}\n\nQuestion: {query}", use_chat_template=True)
+    prompt = build_prompt(
+        tokenizer,
+        ["one two three"],
+        "why?",
+        separator="\n\n",
+        template="Context:\n{context}\n\nQuestion: {query}",
+        use_chat_template=True,
+    )
     t = prompt.length
     assert query_rows(prompt, "last").tolist() == [t - 1]
     assert query_rows(prompt, "question").tolist() == list(range(prompt.query_start, t))
@@ -103,20 +109,24 @@ def test_calibrate_matches_per_layer_compression(tiny_model_factory, tokenizer, 
         assert len(report.sentence_recall[option]) == 4
         assert all(0.0 <= x <= 1.0 for x in report.token_recall[option])
     option, layer = "question_softmax_max7", 2
-    comp = GemFilterCompressor(model, tokenizer, filter_layer=layer, scoring=SCORING_OPTIONS[option],
-                               granularity="sentence")
+    comp = GemFilterCompressor(
+        model, tokenizer, filter_layer=layer, scoring=SCORING_OPTIONS[option], granularity="sentence"
+    )
     hits = 0
     for p in probes:
         res = comp.compress([p.context], p.question, top_k=40)
-        hits += all(any(a <= s and e <= b for a, b in res.documents[0].spans)
-                    for s, e in [p.needle_span])
+        hits += all(any(a <= s and e <= b for a, b in res.documents[0].spans) for s, e in [p.needle_span])
     assert report.sentence_recall[option][layer] == pytest.approx(hits / len(probes))
 
 
 def _report(recalls: dict[str, list[float]]) -> CalibrationReport:
-    return CalibrationReport(num_layers=len(next(iter(recalls.values()))), budget=8,
-                             token_recall={k: list(v) for k, v in recalls.items()},
-                             sentence_recall={k: list(v) for k, v in recalls.items()}, probes=4)
+    return CalibrationReport(
+        num_layers=len(next(iter(recalls.values()))),
+        budget=8,
+        token_recall={k: list(v) for k, v in recalls.items()},
+        sentence_recall={k: list(v) for k, v in recalls.items()},
+        probes=4,
+    )
 
 
 def test_choose_takes_the_earliest_layer_within_tolerance() -> None:
@@ -150,8 +160,12 @@ def test_shipped_profiles_are_valid() -> None:
 
     profiles = shipped_profiles()
     names = {p.name for p in profiles}
-    assert {"SmolLM2-135M-Instruct", "Llama-3.1-8B-Instruct", "Mistral-Nemo-Instruct-2407",
-            "Phi-3.5-mini-instruct"} <= names
+    assert {
+        "SmolLM2-135M-Instruct",
+        "Llama-3.1-8B-Instruct",
+        "Mistral-Nemo-Instruct-2407",
+        "Phi-3.5-mini-instruct",
+    } <= names
     for p in profiles:
         cfg = p.config()
         assert 0 <= p.filter_layer < p.match["num_hidden_layers"]

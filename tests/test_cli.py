@@ -45,28 +45,51 @@ def test_compress_prints_text_and_stats(tiny, files, capsys) -> None:
 
 
 def test_compress_json(tiny, files, capsys) -> None:
-    code = cli.main(["compress", "-q", "Why?", *files, "--top-k", "15", "--granularity", "token", "--json",
-                     "--scores", "0.1,0.5,0.2"])
+    code = cli.main(
+        [
+            "compress",
+            "-q",
+            "Why?",
+            *files,
+            "--top-k",
+            "15",
+            "--granularity",
+            "token",
+            "--json",
+            "--scores",
+            "0.1,0.5,0.2",
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["compressed_tokens"] == 15 and data["granularity"] == "token"
     assert len(data["documents"]) == 3
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["compress", "--query", "q?", "missing.txt"], "does not exist"),
-    (["compress", "--query", "   ", "FILE0"], "--query"),
-    (["compress", "--query", "q?", "FILE0", "--scores", "1,2"], "--scores"),
-    (["compress", "--query", "q?", "FILE0", "--scores", "a"], "--scores"),
-    (["compress", "--query", "q?", "FILE0", "--profile", "nope.json"], "--profile"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "--query", "q?", "missing.txt"], "does not exist"),
+        (["compress", "--query", "   ", "FILE0"], "--query"),
+        (["compress", "--query", "q?", "FILE0", "--scores", "1,2"], "--scores"),
+        (["compress", "--query", "q?", "FILE0", "--scores", "a"], "--scores"),
+        (["compress", "--query", "q?", "FILE0", "--profile", "nope.json"], "--profile"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(tiny, files, capsys, argv, message) -> None:
     argv = [files[0] if a == "FILE0" else a for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["compress", "--query", "q?", "f", "--top-k", "0"], ["compress", "f"],
-                                  ["frobnicate"], ["calibrate", "--budget", "-3"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compress", "--query", "q?", "f", "--top-k", "0"],
+        ["compress", "f"],
+        ["frobnicate"],
+        ["calibrate", "--budget", "-3"],
+    ],
+)
 def test_argparse_errors_exit_2(argv) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(argv)

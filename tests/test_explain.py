@@ -9,8 +9,10 @@ import pytest
 
 from gemfilter_rag.explain import span_scores
 
-DOCS = ["Cities send messages. New York tells you to make <b>more</b> money & more.",
-        "Startups in 2005 were cheap. Servers were cheaper, and software was free."]
+DOCS = [
+    "Cities send messages. New York tells you to make <b>more</b> money & more.",
+    "Startups in 2005 were cheap. Servers were cheaper, and software was free.",
+]
 
 
 @pytest.fixture
@@ -49,14 +51,27 @@ def _chromium() -> str | None:
 def test_page_renders_in_headless_chromium(result, tmp_path) -> None:
     page = tmp_path / "explain.html"
     page.write_text(result.to_html(), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 1000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.as_uri()], check=True, capture_output=True,
-                         text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", page.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     assert dom.count('class="kept"') == sum(len(d.spans) for d in result.documents) > 0
     assert "What does New York tell you?" in dom

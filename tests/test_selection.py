@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from gemfilter_rag import GemFilterCompressor
-from gemfilter_rag.compressor import MAX_SENTENCE_TOKENS
 from gemfilter_rag.prompt import FilterPrompt, build_prompt
-from gemfilter_rag.selection import select_tokens, select_units, token_units, unit_scores
+from gemfilter_rag.selection import MAX_SENTENCE_TOKENS, select_tokens, select_units, token_units, unit_scores
 from gemfilter_rag.sentences import sentence_spans
 
 DOCS = [
@@ -93,10 +92,10 @@ def test_token_granularity_keeps_exact_top_k(make_compressor: Any, arch: str, to
     assert result.filter_layer == 1
 
 
-def _sentence_units(prompt: FilterPrompt) -> list[tuple[int, int]]:
+def _sentence_units(prompt: FilterPrompt, budget: int) -> list[tuple[int, int]]:
     units, start = [], 0
     for doc in prompt.documents:
-        units += token_units(doc.ends, sentence_spans(doc.text), start, MAX_SENTENCE_TOKENS)
+        units += token_units(doc.ends, sentence_spans(doc.text), start, min(MAX_SENTENCE_TOKENS, budget))
         start += len(doc.ids)
     return units
 
@@ -105,7 +104,7 @@ def _sentence_units(prompt: FilterPrompt) -> list[tuple[int, int]]:
 def test_sentence_granularity_keeps_whole_sentences(make_compressor: Any, arch: str, top_k: int) -> None:
     comp = make_compressor(arch, granularity="sentence", filter_layer=2)
     prompt = _prompt(comp)
-    units = _sentence_units(prompt)
+    units = _sentence_units(prompt, top_k)
     assert len(units) >= 8
     result = comp.compress(DOCS, QUERY, top_k=top_k)
     kept = set(result.kept_token_indices)
@@ -119,6 +118,17 @@ def test_sentence_granularity_keeps_whole_sentences(make_compressor: Any, arch: 
     # and nothing that still fits was left out
     left = top_k - len(kept)
     assert all(b - a > left for a, b in units if a not in kept)
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 5])
+def test_sentence_granularity_keeps_something_when_every_sentence_is_longer_than_the_budget(
+    make_compressor: Any, top_k: int
+) -> None:
+    comp = make_compressor("llama", granularity="sentence", filter_layer=1)
+    prompt = _prompt(comp)
+    assert all(b - a > top_k for a, b in _sentence_units(prompt, MAX_SENTENCE_TOKENS))
+    result = comp.compress(DOCS, QUERY, top_k=top_k)
+    assert result.compressed_tokens == top_k
 
 
 @pytest.mark.parametrize("top_k", [10, 40, 80])

@@ -56,8 +56,14 @@ def test_long_prompt_is_scored_in_windows(arch: str, tokenizer) -> None:
     from gemfilter_rag.prompt import build_prompt
 
     cfg = comp.config
-    prompt = build_prompt(tokenizer, docs, "What do cities send?", separator=cfg.separator, template=cfg.template,
-                          use_chat_template=cfg.use_chat_template)
+    prompt = build_prompt(
+        tokenizer,
+        docs,
+        "What do cities send?",
+        separator=cfg.separator,
+        template=cfg.template,
+        use_chat_template=cfg.use_chat_template,
+    )
     assert prompt.length > 96
     calls: list[int] = []
 
@@ -81,8 +87,14 @@ def test_single_window_equals_normalised_direct_scores(tokenizer) -> None:
     from gemfilter_rag.prompt import build_prompt
 
     cfg = comp.config
-    prompt = build_prompt(tokenizer, [TRAINING_TEXT[:300]], "Who left?", separator=cfg.separator,
-                          template=cfg.template, use_chat_template=cfg.use_chat_template)
+    prompt = build_prompt(
+        tokenizer,
+        [TRAINING_TEXT[:300]],
+        "Who left?",
+        separator=cfg.separator,
+        template=cfg.template,
+        use_chat_template=cfg.use_chat_template,
+    )
     direct = comp.score_prompt(prompt)
     windowed = score_in_windows(prompt, 1024, cfg.scoring.query, comp._score_ids)
     torch.testing.assert_close(windowed, normalise(direct), rtol=1e-4, atol=1e-5)

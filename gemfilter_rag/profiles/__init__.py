@@ -14,8 +14,14 @@ from typing import Any
 
 from ..config import GemFilterConfig, ScoringConfig
 
-MATCH_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-              "vocab_size")
+MATCH_KEYS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,12 @@ class Profile:
 
     def config(self) -> GemFilterConfig:
         """The ``GemFilterConfig`` this profile stands for."""
-        return GemFilterConfig(filter_layer=self.filter_layer, top_k=self.top_k,
-                               granularity=self.granularity,  # type: ignore[arg-type]
-                               scoring=ScoringConfig(**self.scoring))
+        return GemFilterConfig(
+            filter_layer=self.filter_layer,
+            top_k=self.top_k,
+            granularity=self.granularity,  # type: ignore[arg-type]
+            scoring=ScoringConfig(**self.scoring),
+        )
 
     def matches(self, model_config: Any) -> bool:
         """Whether a model's config has this profile's architecture."""
@@ -65,8 +74,11 @@ def fingerprint(model_config: Any) -> dict[str, Any]:
 def shipped_profiles() -> list[Profile]:
     """The profiles that ship with the package."""
     folder = resources.files(__package__)
-    return [Profile(**json.loads(p.read_text())) for p in sorted(folder.iterdir(), key=lambda p: p.name)
-            if p.name.endswith(".json")]
+    return [
+        Profile(**json.loads(p.read_text()))
+        for p in sorted(folder.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".json")
+    ]
 
 
 def find_profile(model_config: Any) -> Profile | None:
