@@ -89,7 +89,7 @@ def test_batch_errors_name_the_argument(make_compressor: Callable[..., Any]) -> 
 
 
 def test_prompts_longer_than_the_model_fall_back_to_windows(make_compressor: Callable[..., Any]) -> None:
-    from conftest import MAX_POSITIONS, TRAINING_TEXT
+    from tinymodels import MAX_POSITIONS, TRAINING_TEXT
 
     comp = make_compressor("llama", granularity="token")
     long_docs = [TRAINING_TEXT] * 3

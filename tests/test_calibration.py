@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TRAINING_TEXT
+from tinymodels import TRAINING_TEXT
 
 from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag.calibration import (

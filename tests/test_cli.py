@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TRAINING_TEXT, build_model, build_tokenizer
+from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
 
 from gemfilter_rag import GemFilterCompressor, cli
 

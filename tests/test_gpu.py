@@ -21,7 +21,7 @@ QUERY = "What does New York tell you?"
 
 
 def _on_cuda(arch: str, attn: str, dtype: torch.dtype) -> Any:
-    from conftest import build_model, build_tokenizer, model_config
+    from tinymodels import build_model, build_tokenizer, model_config
 
     from gemfilter_rag import GemFilterCompressor
 
@@ -37,7 +37,7 @@ def _on_cuda(arch: str, attn: str, dtype: torch.dtype) -> Any:
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_on_cuda_matches_fp32_scores(arch: str, dtype: torch.dtype) -> None:
-    from conftest import build_model, build_tokenizer
+    from tinymodels import build_model, build_tokenizer
 
     from gemfilter_rag import GemFilterCompressor
     from gemfilter_rag.batch import build_prompts

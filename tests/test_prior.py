@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TRAINING_TEXT
+from tinymodels import TRAINING_TEXT
 
 from gemfilter_rag.config import GemFilterConfig
 from gemfilter_rag.prior import add_prior, budget_shares, check_document_scores, share_budget, standardise

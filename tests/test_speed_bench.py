@@ -11,7 +11,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: Any) -> Path:
-    from conftest import build_tokenizer
+    from tinymodels import build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-llama")
     tiny_model_factory("llama").save_pretrained(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SEED, TRAINING_TEXT, model_config
+from tinymodels import SEED, TRAINING_TEXT, model_config
 
 from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag.windows import merge_window_scores, normalise, plan_windows, score_in_windows

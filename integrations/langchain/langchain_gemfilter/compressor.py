@@ -72,6 +72,12 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     metadata_key: str = Field(
         default="gemfilter", description="Key of the compression statistics in each output document's metadata."
     )
+    score_key: str | None = Field(
+        default=None,
+        description="Metadata key holding each document's retriever score (higher = more relevant), e.g. "
+        "'relevance_score'; when every document has it, the scores share out the budget "
+        "(GemFilterConfig.prior). None: GemFilter's attention alone decides.",
+    )
 
     _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
@@ -126,7 +132,11 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
             return [], None
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query: {query!r} is empty; pass the question the documents must answer.")
-        result = self.compressor.compress([d.page_content for d in docs], query, top_k=self.top_k)
+        scores = [d.metadata.get(self.score_key) for d in docs] if self.score_key else []
+        use_scores = bool(scores) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores)
+        result = self.compressor.compress(
+            [d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores if use_scores else None
+        )
         self._last_result = result
         out = [
             _compressed_document(docs[r.index], r, result.filter_layer, self.metadata_key)

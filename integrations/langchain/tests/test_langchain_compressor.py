@@ -197,3 +197,36 @@ def test_document_compressor_pipeline(core: Any) -> None:
     assert [d.page_content for d in asyncio.run(pipeline.acompress_documents(make_docs(), QUERY))] == [
         d.page_content for d in out
     ]
+
+
+def _record_scores(core: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    seen: list[Any] = []
+    real = core.compress
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("document_scores"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "compress", spy)
+    return seen
+
+
+def test_retriever_scores_from_metadata_share_out_the_budget(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_scores(core, monkeypatch)
+    docs = make_docs()
+    for i, d in enumerate(docs):
+        d.metadata["relevance_score"] = 0.9 - 0.1 * i
+    comp = GemFilterDocumentCompressor(compressor=core, top_k=30, score_key="relevance_score")
+    out = comp.compress_documents(docs, QUERY)
+    assert seen == [[0.9 - 0.1 * i for i in range(len(docs))]]
+    assert sum(d.metadata["gemfilter"]["kept_tokens"] for d in out) <= 30
+    assert all("relevance_score" in d.metadata for d in out)
+
+
+def test_retriever_scores_ignored_without_key_or_when_missing(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_scores(core, monkeypatch)
+    GemFilterDocumentCompressor(compressor=core, top_k=30).compress_documents(make_docs(), QUERY)
+    GemFilterDocumentCompressor(compressor=core, top_k=30, score_key="relevance_score").compress_documents(
+        make_docs(), QUERY
+    )
+    assert seen == [None, None]

@@ -177,3 +177,34 @@ def test_query_engine_end_to_end(core: Any) -> None:
     assert [n.node.get_content() for n in aresponse.source_nodes] == [
         n.node.get_content() for n in response.source_nodes
     ]
+
+
+def _record_scores(core: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    seen: list[Any] = []
+    real = core.compress
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("document_scores"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "compress", spy)
+    return seen
+
+
+def test_node_scores_share_out_the_budget(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_scores(core, monkeypatch)
+    nodes = make_nodes()
+    out = GemFilterNodePostprocessor(compressor=core, top_k=30).postprocess_nodes(nodes, query_str=QUERY)
+    assert seen == [[n.score for n in nodes]]
+    assert sum(n.node.metadata["gemfilter"]["kept_tokens"] for n in out) <= 30
+
+
+def test_node_scores_ignored_when_off_or_missing(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_scores(core, monkeypatch)
+    GemFilterNodePostprocessor(compressor=core, top_k=30, use_node_scores=False).postprocess_nodes(
+        make_nodes(), query_str=QUERY
+    )
+    nodes = make_nodes()
+    nodes[1].score = None
+    GemFilterNodePostprocessor(compressor=core, top_k=30).postprocess_nodes(nodes, query_str=QUERY)
+    assert seen == [None, None]

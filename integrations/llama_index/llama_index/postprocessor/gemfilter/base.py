@@ -70,6 +70,12 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     metadata_key: str = Field(
         default="gemfilter", description="Key of the compression statistics in each output node's metadata."
     )
+    use_node_scores: bool = Field(
+        default=True,
+        description="Pass the retriever's NodeWithScore.score of every node to the compressor as "
+        "`document_scores`, so that they share out the budget (GemFilterConfig.prior); ignored when any "
+        "node has no score.",
+    )
 
     _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
@@ -141,7 +147,11 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query_bundle.query_str: {query!r} is empty; pass the question the nodes must answer.")
         texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
-        result = self.compressor.compress(texts, query, top_k=self.top_k)
+        scores = [item.score for item in nodes]
+        use_scores = self.use_node_scores and all(isinstance(x, (int, float)) for x in scores)
+        result = self.compressor.compress(
+            texts, query, top_k=self.top_k, document_scores=scores if use_scores else None
+        )
         self._last_result = result
         out = [
             _compressed_node(nodes[r.index], r, result.filter_layer, self.metadata_key)
