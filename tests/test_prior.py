@@ -103,7 +103,9 @@ def test_compress_with_document_scores_add_and_none(make_compressor) -> None:
     docs = _docs()
     strong = make_compressor("qwen2", filter_layer=1, prior="add", prior_weight=100.0, granularity="sentence")
     res = strong.compress(docs, "What do cities send?", top_k=30, document_scores=[0.0, 0.0, 1.0, 0.0])
-    assert res.documents[2].kept_tokens == res.compressed_tokens > 0
+    # the prior dominates: document 2's sentences come first; other documents only fill what is left
+    others = res.compressed_tokens - res.documents[2].kept_tokens
+    assert res.documents[2].kept_tokens > others > -1 and res.compressed_tokens <= 30
     off = make_compressor("qwen2", filter_layer=1, prior="none")
     a = off.compress(docs, "What do cities send?", top_k=30, document_scores=[0.0, 0.0, 1.0, 0.0])
     b = off.compress(docs, "What do cities send?", top_k=30)
