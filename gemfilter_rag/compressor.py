@@ -260,15 +260,8 @@ class GemFilterCompressor:
             from .windows import score_in_windows
 
             return score_in_windows(prompt, limit, self.config.scoring.query, self._score_ids)
-        device = _device_of(self.model)
-        ids = prompt.input_ids[None].to(device)  # (1, T)
-        memory.check_pass(self.model, prompt.length, len(self._query_rows(prompt)), device=device)
-        capture = early_exit.capture_layer(self.model, ids, self.filter_layer)
-        rows = self._query_rows(prompt).to(device)  # (Q,)
-        scores = token_scores(
-            capture.query[:, :, rows], capture.key, rows, self.config.scoring, capture.scaling, capture.sliding_window
-        )  # (1, T)
-        return scores[0, prompt.context_positions().to(device)].float().cpu()  # (N,)
+        all_scores = self._score_ids(prompt.input_ids, self._query_rows(prompt))  # (T,)
+        return all_scores[prompt.context_positions()]  # (N,)
 
     def _score_ids(self, input_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """One filter pass over ``input_ids`` (T,) scored by query ``rows`` (Q,); returns (T,) float32."""
