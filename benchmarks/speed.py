@@ -206,22 +206,13 @@ def machine() -> dict[str, Any]:
 def prepare_model(source: str | None = None) -> tuple[str, dict[str, Any]]:
     """The model directory the workers load, and its facts (filter layer, layers).
 
-    ``source`` None: the default GGUF model, converted once to safetensors in the cache so that
-    each worker loads it in seconds. Otherwise a transformers model directory, used as it is.
+    ``source`` None: the default model's cached safetensors directory (``loading.default_model_dir``),
+    which each worker loads in seconds. Otherwise a transformers model directory, used as it is.
     """
-    from gemfilter_rag.loading import cache_dir
+    from gemfilter_rag.loading import default_model_dir
 
-    if source is not None:
-        return source, _facts(_load(source))
-    dest = cache_dir() / "speed-bench-model"
-    facts_file = dest / "gemfilter_facts.json"
-    if not facts_file.is_file():
-        comp = _load_default()
-        dest.mkdir(parents=True, exist_ok=True)
-        comp.model.save_pretrained(dest)
-        comp.tokenizer.save_pretrained(dest)
-        facts_file.write_text(json.dumps(_facts(comp)))
-    return str(dest), json.loads(facts_file.read_text())
+    model_dir = source if source is not None else str(default_model_dir())
+    return model_dir, _facts(_load(model_dir))
 
 
 def _facts(comp: Any) -> dict[str, Any]:
@@ -232,12 +223,6 @@ def _facts(comp: Any) -> dict[str, Any]:
         "top_k": comp.config.top_k,
         "granularity": comp.config.granularity,
     }
-
-
-def _load_default() -> Any:
-    from gemfilter_rag import GemFilterCompressor
-
-    return GemFilterCompressor.from_pretrained(device="cpu")
 
 
 def run_one(spec: dict[str, Any], repeats: int) -> dict[str, Any]:
