@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import BenchConfig, preset
 from .datasets import DATASETS, Item
+from .machine import cpu_model
 from .methods import METHODS, Output, Resources
 from .metrics import answer_correct, contains_answer, ratio, summarize
 
@@ -33,14 +34,7 @@ def machine_info() -> dict[str, Any]:
 
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions: dict[str, str | None] = {}
     for pkg in (
         "torch",

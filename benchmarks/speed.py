@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .machine import cpu_model
+
 QUESTION = "What did the author say about the most important thing in a startup?"
 PREFILL_LENGTHS = (2048, 4096, 8000)
 GENERATION_LENGTHS = (1024, 2048, 4096, 8000)
@@ -184,14 +186,7 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
