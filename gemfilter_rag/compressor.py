@@ -113,6 +113,13 @@ class GemFilterCompressor:
         )
         return cls(lm, tok, **options)
 
+    def with_options(self, **options: Any) -> GemFilterCompressor:
+        """This compressor, or with ``options`` a sibling that shares its model and tokenizer and has
+        those ``GemFilterConfig``/``ScoringConfig`` fields changed (no second copy of the weights)."""
+        if not options:
+            return self
+        return GemFilterCompressor(self.model, self.tokenizer, self.config.with_options(**options))
+
     @property
     def num_layers(self) -> int:
         """Number of decoder layers of the model."""

@@ -31,6 +31,18 @@ class DocumentResult:
         """Whether any text of the document survived."""
         return bool(self.spans)
 
+    def stats(self, filter_layer: int | None) -> dict[str, Any]:
+        """JSON-ready provenance of this document, as the framework adapters put it in metadata."""
+        return {
+            "index": self.index,
+            "kept_tokens": self.kept_tokens,
+            "original_tokens": self.original_tokens,
+            "ratio": self.ratio,
+            "score_share": self.score_share,
+            "spans": [[a, b] for a, b in self.spans],
+            "filter_layer": filter_layer,
+        }
+
     @property
     def ratio(self) -> float:
         """Original tokens per kept token (inf when nothing was kept, 1.0 for an empty document)."""

@@ -139,3 +139,23 @@ def test_options_override_config(tiny_model_factory: Any, tokenizer: Any) -> Non
     default = GemFilterCompressor(tiny_model_factory("llama"), tokenizer)
     assert default.filter_layer == 1  # 4 layers, no profile: round(0.5 * 4) - 1
     assert default.profile is None and default.num_layers == 4 and default.max_positions == 1024
+
+
+def test_with_options_shares_the_model_and_stats_give_the_provenance(make_compressor: Any) -> None:
+    comp = make_compressor("llama", filter_layer=1)
+    assert comp.with_options() is comp
+    sibling = comp.with_options(granularity="token", pool="avg")
+    assert sibling is not comp and sibling.model is comp.model and sibling.tokenizer is comp.tokenizer
+    assert (sibling.config.granularity, sibling.config.scoring.pool) == ("token", "avg")
+    assert sibling.filter_layer == comp.filter_layer == 1
+    result = comp.compress(["Alpha beta gamma. Delta epsilon.", ""], "What is alpha?", top_k=3)
+    first = result.documents[0]
+    assert first.stats(result.filter_layer) == {
+        "index": 0,
+        "kept_tokens": first.kept_tokens,
+        "original_tokens": first.original_tokens,
+        "ratio": first.ratio,
+        "score_share": first.score_share,
+        "spans": [list(s) for s in first.spans],
+        "filter_layer": 1,
+    }

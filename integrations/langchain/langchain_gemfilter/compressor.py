@@ -95,7 +95,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
                 raise ValueError(
                     f"model: {self.model!r} was given together with an existing compressor; pass one of them."
                 )
-            self._compressor = _with_options(compressor, self._config_options())
+            self._compressor = compressor.with_options(**self._config_options())
 
     @property
     def compressor(self) -> GemFilterCompressor:
@@ -166,23 +166,8 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         return opts
 
 
-def _with_options(compressor: GemFilterCompressor, options: dict[str, Any]) -> GemFilterCompressor:
-    """The compressor itself, or a sibling sharing its model and tokenizer with some options changed."""
-    if not options:
-        return compressor
-    return GemFilterCompressor(compressor.model, compressor.tokenizer, compressor.config.with_options(**options))
-
-
 def _compressed_document(doc: Document, kept: DocumentResult, filter_layer: int | None, key: str) -> Document:
     """A copy of ``doc`` holding only its kept text, with the statistics added to a copy of its metadata."""
     metadata = dict(doc.metadata)
-    metadata[key] = {
-        "index": kept.index,
-        "kept_tokens": kept.kept_tokens,
-        "original_tokens": kept.original_tokens,
-        "ratio": kept.ratio,
-        "score_share": kept.score_share,
-        "spans": [[a, b] for a, b in kept.spans],
-        "filter_layer": filter_layer,
-    }
+    metadata[key] = kept.stats(filter_layer)
     return doc.model_copy(update={"page_content": kept.text, "metadata": metadata})

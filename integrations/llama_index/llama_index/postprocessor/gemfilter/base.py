@@ -93,12 +93,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
                 raise ValueError(
                     f"model: {self.model!r} was given together with an existing compressor; pass one of them."
                 )
-            options = self._config_options()
-            self._compressor = (
-                GemFilterCompressor(compressor.model, compressor.tokenizer, compressor.config.with_options(**options))
-                if options
-                else compressor
-            )
+            self._compressor = compressor.with_options(**self._config_options())
 
     @classmethod
     def class_name(cls) -> str:
@@ -185,15 +180,7 @@ def _compressed_node(item: NodeWithScore, kept: DocumentResult, filter_layer: in
     """A copy of the node holding only its kept text, with the statistics added to a copy of its metadata."""
     node = item.node.model_copy()
     node.metadata = dict(item.node.metadata)
-    node.metadata[key] = {
-        "index": kept.index,
-        "kept_tokens": kept.kept_tokens,
-        "original_tokens": kept.original_tokens,
-        "ratio": kept.ratio,
-        "score_share": kept.score_share,
-        "spans": [[a, b] for a, b in kept.spans],
-        "filter_layer": filter_layer,
-    }
+    node.metadata[key] = kept.stats(filter_layer)
     node.excluded_embed_metadata_keys = _with_key(item.node.excluded_embed_metadata_keys, key)
     node.excluded_llm_metadata_keys = _with_key(item.node.excluded_llm_metadata_keys, key)
     node.set_content(kept.text)
