@@ -44,6 +44,9 @@ def _compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=_positive_int, default=None, help="token budget (default: the profile's)")
     p.add_argument("--granularity", choices=GRANULARITIES, default=None, help="unit of selection")
     p.add_argument("--layer", type=int, default=None, help="filter layer (default: the profile's)")
+    p.add_argument(
+        "--window", type=_positive_int, default=None, help="longest filter pass in tokens (default: the profile's)"
+    )
     p.add_argument("--profile", default=None, help="a profile JSON to use instead of the matching shipped one")
     p.add_argument(
         "--scores", default=None, help="comma-separated retriever scores, one per FILE (higher = more relevant)"
@@ -138,6 +141,8 @@ def _compressor(args: argparse.Namespace) -> Any:
         options["granularity"] = args.granularity
     if args.layer is not None:
         options["filter_layer"] = args.layer
+    if args.window is not None:
+        options["window"] = args.window
     if args.profile is not None:
         if not Path(args.profile).is_file():
             raise UsageError(f"--profile: {args.profile} does not exist")

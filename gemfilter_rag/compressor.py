@@ -133,6 +133,13 @@ class GemFilterCompressor:
         value = getattr(cfg, "max_position_embeddings", None)
         return int(value) if value else None
 
+    @property
+    def pass_limit(self) -> int | None:
+        """Longest single filter pass, in tokens: ``config.window`` capped by the model's positions.
+        Longer prompts are scored in windows (``gemfilter_rag.windows``)."""
+        limits = [v for v in (self.config.window, self.max_positions) if v is not None]
+        return min(limits) if limits else None
+
     def compress(
         self,
         documents: Sequence[str],
@@ -262,7 +269,7 @@ class GemFilterCompressor:
 
     def score_prompt(self, prompt: FilterPrompt) -> torch.Tensor:
         """Score every context token of a built prompt at the filter layer. Returns (N,) float32."""
-        limit = self.max_positions
+        limit = self.pass_limit
         if limit is not None and prompt.length > limit:
             from .windows import score_in_windows
 

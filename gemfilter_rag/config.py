@@ -76,6 +76,11 @@ class GemFilterConfig:
     """User message of the filter prompt; must contain ``{context}`` and ``{query}``, in that order."""
     use_chat_template: bool = True
     """Wrap the user message in the tokenizer's chat template when it has one."""
+    window: int | None = None
+    """Longest filter pass, in tokens (prompt frame and question included). A longer prompt is scored
+    in windows of this size and merged by a knockout (``gemfilter_rag.windows``), so memory stays
+    bounded. None: the filter model's maximum positions. A model's attention may find the needle well
+    at 2K tokens and lose it at 8K: the SmolLM2 profile sets 2048 (measured, see its profile)."""
     prior: Literal["none", "share", "add"] = "share"
     """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "share" (they share
     out the budget across documents, GemFilter picks sentences inside each), "add" (their z-score is
@@ -90,6 +95,10 @@ class GemFilterConfig:
         ):
             raise ValueError(f"filter_layer: {self.filter_layer!r} is not valid; use a layer index >= 0 or None.")
         check_top_k(self.top_k)
+        if self.window is not None and (
+            isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 64
+        ):
+            raise ValueError(f"window: {self.window!r} is not valid; use None or a number of tokens >= 64, e.g. 2048.")
         if self.granularity not in ("token", "sentence", "document"):
             raise ValueError(f"granularity: {self.granularity!r} is not valid; use 'token', 'sentence' or 'document'.")
         if not isinstance(self.scoring, ScoringConfig):

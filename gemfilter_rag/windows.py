@@ -1,10 +1,21 @@
-"""Score a prompt longer than the filter model's context in windows, then merge the scores.
+"""Score a prompt longer than one filter pass in windows, with a knockout merge.
 
-Each window is ``[prefix; a slice of the context; middle; query; suffix]``: the same frame as
-the full prompt, so the question always comes last. Scores are normalised per window (shifted to
-a minimum of 0 and scaled to a mean of 1) so that windows are comparable; where windows overlap
-a token keeps its highest score. Selection then runs once over the merged scores. Memory is
-bounded by one window.
+A window is ``[prefix; some context; middle; query; suffix]``: the same frame as the full prompt,
+so the question always comes last. Scores of different windows are not comparable (each softmax
+shares its mass among its own tokens, and a window without the answer still spends it on its best
+distractors), so windows are not merged by their scores. Instead, rounds of a knockout:
+
+1. the context is cut into units (sentences, at most a few dozen tokens each; separators between
+   documents are units of their own), packed in order into windows that overlap by a few units;
+2. each window is scored in one pass and its best units, a quarter of its tokens, go through;
+3. the survivors, concatenated in their original order, are the context of the next round, until
+   they fit one window; that last pass scores every survivor against all the others at once.
+
+Final scores: survivors of the last pass get ``1 + normalise(score)`` (>= 1); a token knocked out
+in round ``r`` of ``R`` gets a value in ``[0, 1)`` that grows with ``r`` and its score there,
+scaled so that no unit of knocked-out tokens outweighs a single survivor token: selection at any
+granularity takes survivors first. Memory is bounded by one window; a context of ``n`` windows
+costs about ``4n/3`` window passes.
 """
 
 from __future__ import annotations
@@ -14,31 +25,44 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .prompt import FilterPrompt
+from .selection import MAX_SENTENCE_TOKENS, Unit, select_units, token_units
+from .sentences import sentence_spans
 
 MIN_WINDOW = 16
 """A window must hold at least this many context tokens."""
+
+KEEP_FRACTION = 0.25
+"""Share of a window's tokens that go through to the next round."""
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(input_ids (T,), query_rows (Q,)) -> scores (T,)``: one filter pass over one window."""
 
 
-def plan_windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """Cover ``[0, length)`` with slices of at most ``window`` tokens that overlap by ``overlap``."""
+def plan_windows(sizes: Sequence[int], window: int, overlap: int) -> list[tuple[int, int]]:
+    """Pack consecutive units of ``sizes`` tokens into runs ``[i, j)`` of at most ``window`` tokens.
+
+    Consecutive runs share their trailing units of at most ``overlap`` tokens (so that a unit at a
+    window's edge is also seen with what came before it). A unit larger than ``window`` gets a run
+    of its own.
+    """
     if window < 1 or not 0 <= overlap < window:
         raise ValueError(f"window/overlap: need window >= 1 and 0 <= overlap < window, got {window}/{overlap}.")
-    if length <= 0:
-        return []
-    if length <= window:
-        return [(0, length)]
-    stride = window - overlap
-    out = []
-    start = 0
-    while True:
-        end = min(start + window, length)
-        out.append((start, end))
-        if end == length:
-            return out
-        start += stride
+    runs: list[tuple[int, int]] = []
+    i, n = 0, len(sizes)
+    while i < n:
+        j, used = i, 0
+        while j < n and (j == i or used + sizes[j] <= window):
+            used += sizes[j]
+            j += 1
+        runs.append((i, j))
+        if j == n:
+            break
+        back, shared = j, 0  # step back over at most `overlap` tokens, always moving forward
+        while back - 1 > i and shared + sizes[back - 1] <= overlap:
+            back -= 1
+            shared += sizes[back]
+        i = back
+    return runs
 
 
 def normalise(scores: torch.Tensor) -> torch.Tensor:
@@ -48,28 +72,35 @@ def normalise(scores: torch.Tensor) -> torch.Tensor:
     return (shifted / mean).float() if mean > 0 else torch.ones_like(scores, dtype=torch.float32)
 
 
-def merge_window_scores(length: int, slices: Sequence[tuple[int, int]], scores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-window normalised scores merged into one (length,) tensor; overlaps keep the maximum."""
-    out = torch.full((length,), float("-inf"))
-    for (a, b), s in zip(slices, scores, strict=True):
-        if s.shape != (b - a,):
-            raise ValueError(f"scores: a window [{a}, {b}) needs {b - a} scores, got {tuple(s.shape)}.")
-        out[a:b] = torch.maximum(out[a:b], normalise(s))
-    if length and bool(torch.isinf(out).any()):
-        raise ValueError("slices: do not cover every context token.")
-    return out
+def context_units(prompt: FilterPrompt, max_tokens: int) -> list[Unit]:
+    """Units covering the prompt's context region in order: sentence pieces of each document and the
+    separators between documents. Indices are relative to the first document's first token."""
+    c0 = prompt.doc_offsets[0]
+    units: list[Unit] = []
+    cursor = 0
+    for offset, doc in zip(prompt.doc_offsets, prompt.documents, strict=True):
+        start = offset - c0
+        if start > cursor:
+            units.append((cursor, start))  # the separator before this document
+        units.extend(token_units(doc.ends, sentence_spans(doc.text), start, max_tokens))
+        cursor = start + len(doc.ids)
+    return units
 
 
 def score_in_windows(
-    prompt: FilterPrompt, max_positions: int, query: str | int, score: ScoreFn, overlap_fraction: float = 0.125
+    prompt: FilterPrompt,
+    max_positions: int,
+    query: str | int,
+    score: ScoreFn,
+    overlap_fraction: float = 0.125,
 ) -> torch.Tensor:
-    """Scores (N,) of every context token of ``prompt``, scored window by window.
+    """Scores (N,) of every context token of ``prompt``, passes of at most ``max_positions`` tokens.
 
     ``query`` is ``ScoringConfig.query`` (which rows score); ``score`` runs one filter pass.
     """
-    ids = prompt.input_ids  # (T,)
     if not prompt.documents:
         return torch.empty(0)
+    ids = prompt.input_ids  # (T,)
     c0 = prompt.doc_offsets[0]
     c1 = prompt.doc_offsets[-1] + len(prompt.documents[-1].ids)
     prefix, region, tail = ids[:c0], ids[c0:c1], ids[c1:]  # region: documents and separators
@@ -78,24 +109,70 @@ def score_in_windows(
     if window < MIN_WINDOW:
         raise ValueError(
             f"query: the prompt frame and question take {frame} tokens, which leaves {max(window, 0)} "
-            f"of the model's {max_positions} positions for context (need {MIN_WINDOW}); "
-            "shorten the question or use a filter model with a longer context."
+            f"of the {max_positions} positions of a filter pass for context (need {MIN_WINDOW}); "
+            "shorten the question, raise `window`, or use a filter model with a longer context."
         )
-    overlap = int(window * overlap_fraction)
-    slices = plan_windows(int(region.numel()), window, overlap)
     query_offset = prompt.query_start - c1  # question start, relative to the end of the context
-    parts: list[torch.Tensor] = []
-    for a, b in slices:
-        win = torch.cat([prefix, region[a:b], tail])  # (T_w,)
-        t = int(win.numel())
-        q0 = int(prefix.numel()) + (b - a) + query_offset
+
+    def run(units: Sequence[Unit]) -> torch.Tensor:
+        """One pass over the given units' tokens, concatenated; their scores (M,)."""
+        ctx = torch.cat([region[a:b] for a, b in units]) if units else region[:0]
+        win = torch.cat([prefix, ctx, tail])  # (T_w,)
+        t, p = int(win.numel()), int(prefix.numel())
         if query == "last":
             rows = torch.tensor([t - 1])
         elif query == "question":
-            rows = torch.arange(q0, t)
+            rows = torch.arange(p + int(ctx.numel()) + query_offset, t)
         else:
             rows = torch.arange(max(0, t - int(query)), t)
-        s = score(win, rows)  # (T_w,)
-        parts.append(s[prefix.numel() : prefix.numel() + (b - a)].float().cpu())
-    merged = merge_window_scores(int(region.numel()), slices, parts)  # (region,)
-    return merged[prompt.context_positions() - c0]  # (N,)
+        return score(win, rows)[p : p + int(ctx.numel())].float().cpu()
+
+    n = int(region.numel())
+    if n <= window:
+        return normalise(run([(0, n)]))[prompt.context_positions() - c0]
+    piece = max(1, min(MAX_SENTENCE_TOKENS, window // 8))  # a window always holds 8 units or more
+    alive = context_units(prompt, piece)
+    knocked: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (round, region token indices, scores)
+    rnd = 0
+    while sum(b - a for a, b in alive) > window:
+        sizes = [b - a for a, b in alive]
+        runs = plan_windows(sizes, window, int(window * overlap_fraction))
+        best: dict[int, float] = {}  # unit index -> best normalised score seen
+        token_best = torch.zeros(n)
+        survivors: set[int] = set()
+        for i, j in runs:
+            s = normalise(run(alive[i:j]))  # (M,)
+            local, pos = [], 0
+            for a, b in alive[i:j]:
+                local.append((pos, pos + b - a))
+                pos += b - a
+            quota = max(1, int(pos * KEEP_FRACTION))
+            kept = set(select_units(s, local, quota).tolist())
+            for u, (la, lb) in enumerate(local):
+                a, b = alive[i + u]
+                token_best[a:b] = torch.maximum(token_best[a:b], s[la:lb])
+                if la in kept:
+                    survivors.add(i + u)
+                best[i + u] = max(best.get(i + u, 0.0), float(s[la:lb].sum()))
+        if not survivors or len(survivors) == len(alive):  # no progress: keep the best units that fit
+            order = sorted(range(len(alive)), key=lambda u: -best[u])
+            survivors, used = set(), 0
+            for u in order:
+                if used + sizes[u] <= window:
+                    survivors.add(u)
+                    used += sizes[u]
+        out = [u for u in range(len(alive)) if u not in survivors]
+        if out:
+            idx = torch.cat([torch.arange(*alive[u]) for u in out])
+            knocked.append((rnd, idx, token_best[idx]))
+        alive = [alive[u] for u in sorted(survivors)]
+        rnd += 1
+    final = torch.zeros(n)
+    if alive:
+        idx = torch.cat([torch.arange(a, b) for a, b in alive])
+        final[idx] = 1.0 + normalise(run(alive))
+    # knocked-out tokens: band by round, inside it by score; a whole unit of them stays below 1
+    scale = 1.0 / ((rnd + 1) * piece)
+    for r, idx, s in knocked:
+        final[idx] = (r + s / (1.0 + s)) * scale
+    return final[prompt.context_positions() - c0]

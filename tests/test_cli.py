@@ -44,6 +44,13 @@ def test_compress_prints_text_and_stats(tiny, files, capsys) -> None:
     assert tiny["filter_layer"] == 2
 
 
+def test_compress_window_option_reaches_the_compressor(tiny, files, capsys) -> None:
+    args = ["compress", "--query", "What do cities send?", *files, "--top-k", "20", "--window", "96"]
+    assert cli.main(args) == 0
+    assert tiny["window"] == 96
+    assert "kept 20/" in capsys.readouterr().err
+
+
 def test_compress_json(tiny, files, capsys) -> None:
     code = cli.main(
         [

@@ -7,36 +7,90 @@ import torch
 from tinymodels import SEED, TRAINING_TEXT, model_config
 
 from gemfilter_rag import GemFilterCompressor
-from gemfilter_rag.windows import merge_window_scores, normalise, plan_windows, score_in_windows
+from gemfilter_rag.windows import normalise, plan_windows, score_in_windows
 
 
-@pytest.mark.parametrize(("length", "window", "overlap"), [(10, 4, 1), (100, 30, 5), (7, 7, 0), (8, 7, 3), (1, 5, 2)])
-def test_plan_windows_covers_with_bounded_windows(length: int, window: int, overlap: int) -> None:
-    slices = plan_windows(length, window, overlap)
-    assert slices[0][0] == 0 and slices[-1][1] == length
-    covered = set()
-    for (a, b), nxt in zip(slices, [*slices[1:], None], strict=True):
-        assert 0 < b - a <= window
-        covered |= set(range(a, b))
+@pytest.mark.parametrize(
+    ("sizes", "window", "overlap"),
+    [([1] * 10, 4, 1), ([3, 5, 2, 7, 1, 4, 6] * 5, 12, 4), ([7], 7, 0), ([2, 2, 2, 2], 8, 3), ([9, 1, 1], 5, 2)],
+)
+def test_plan_windows_packs_units_in_order(sizes: list[int], window: int, overlap: int) -> None:
+    runs = plan_windows(sizes, window, overlap)
+    assert runs[0][0] == 0 and runs[-1][1] == len(sizes)
+    covered: set[int] = set()
+    for (i, j), nxt in zip(runs, [*runs[1:], None], strict=True):
+        assert j > i
+        tokens = sum(sizes[i:j])
+        assert tokens <= window or j - i == 1  # only a unit larger than the window runs alone
+        covered |= set(range(i, j))
         if nxt is not None:
-            assert nxt[0] == b - overlap  # consecutive windows overlap by exactly `overlap`
-    assert covered == set(range(length))
+            assert i < nxt[0] <= j  # moves forward, never leaves a gap
+            assert sum(sizes[nxt[0] : j]) <= overlap  # shares at most `overlap` tokens
+    assert covered == set(range(len(sizes)))
 
 
 def test_plan_windows_validates() -> None:
     with pytest.raises(ValueError, match="overlap"):
-        plan_windows(10, 4, 4)
+        plan_windows([1, 2], 4, 4)
 
 
-def test_normalise_and_merge_against_manual_values() -> None:
-    s = torch.tensor([1.0, 2.0, 3.0])
-    torch.testing.assert_close(normalise(s), torch.tensor([0.0, 1.0, 2.0]))
+def test_normalise_against_manual_values() -> None:
+    torch.testing.assert_close(normalise(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.0, 1.0, 2.0]))
     assert normalise(torch.tensor([5.0, 5.0])).tolist() == [1.0, 1.0]
-    merged = merge_window_scores(5, [(0, 3), (2, 5)], [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 3.0])])
-    # window 1 -> [0, 1, 2]; window 2 -> [0, 0, 3]; token 2 keeps max(2, 0)
-    assert merged.tolist() == [0.0, 1.0, 2.0, 0.0, 3.0]
-    with pytest.raises(ValueError, match="cover"):
-        merge_window_scores(4, [(0, 2)], [torch.tensor([1.0, 2.0])])
+
+
+def _decoy_prompt(tokenizer, n_sentences: int, needle_at: int):
+    """One document of plain sentences, one needle sentence crowded by decoys, and a decoy every 10th
+    sentence elsewhere."""
+    from gemfilter_rag.prompt import build_prompt
+
+    parts = []
+    for i in range(n_sentences):
+        if i == needle_at:
+            parts.append("The company sat.")
+        elif abs(i - needle_at) <= 6 or i % 10 == 5:
+            parts.append("The money sat.")
+        else:
+            parts.append("Young users often build.")
+    text = " ".join(parts)
+    prompt = build_prompt(
+        tokenizer, [text], "Who sat?", separator="\n\n", template="{context}\n{query}", use_chat_template=False
+    )
+    return text, prompt
+
+
+def test_knockout_ranks_windows_against_each_other(tokenizer) -> None:
+    """Scores shared out per window (as softmax attention is) cannot be merged by value: a decoy alone in
+    its window outscores the needle that shares its window with a decoy. The knockout's last pass
+    scores the survivors together, so the needle wins wherever it sits."""
+    (needle_id,) = tokenizer(" company", add_special_tokens=False)["input_ids"]  # one token each
+    (decoy_id,) = tokenizer(" money", add_special_tokens=False)["input_ids"]
+    calls: list[int] = []
+
+    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        calls.append(int(ids.numel()))
+        assert ids.numel() <= 120  # memory bounded by the window
+        logit = torch.tensor([3.0 if t == needle_id else 2.0 if t == decoy_id else 0.0 for t in ids.tolist()])
+        return torch.softmax(logit, 0)  # one unit of mass per window, like attention
+
+    for needle_at in (2, 40, 77):
+        text, prompt = _decoy_prompt(tokenizer, 80, needle_at)
+        assert prompt.length > 4 * 120
+        calls.clear()
+        scores = score_in_windows(prompt, 120, "last", score)  # (N,)
+        assert scores.shape == (prompt.context_tokens,)
+        assert len(calls) >= 4
+        doc = prompt.documents[0]
+        a = text.index("company")
+        needle = [i for i, (s, e) in enumerate(zip(doc.starts, doc.ends, strict=True)) if s <= a < e]
+        best = int(torch.argmax(scores))
+        assert best in needle, (needle_at, best, needle)
+        # survivors of the last pass score >= 1; a knocked-out token less than 1 / (unit size), so
+        # that no unit of knocked-out tokens outweighs one survivor token
+        piece = (120 - (prompt.length - prompt.context_tokens)) // 8
+        assert float(scores.max()) >= 1.0
+        assert bool(((scores >= 1.0) | (scores < 1.0 / piece)).all())
+        assert int((scores >= 1.0).sum()) <= 120
 
 
 def _short_model(arch: str, vocab: int, positions: int):
@@ -105,3 +159,37 @@ def test_frame_too_long_for_one_window_is_a_clear_error(tokenizer) -> None:
     comp = GemFilterCompressor(model, tokenizer, filter_layer=1)
     with pytest.raises(ValueError, match="positions"):
         comp.compress([TRAINING_TEXT[:400]], "Why " * 40 + "?", top_k=10)
+
+
+def test_window_option_bounds_every_pass(tokenizer) -> None:
+    model = _short_model("qwen2", len(tokenizer), 1024)
+    comp = GemFilterCompressor(model, tokenizer, filter_layer=1, granularity="token")
+    assert comp.pass_limit == 1024
+    small = comp.with_options(window=96)
+    assert small.pass_limit == 96 and small.config.window == 96
+    from gemfilter_rag.prompt import build_prompt
+
+    cfg = small.config
+    docs = [TRAINING_TEXT[:700]]
+    prompt = build_prompt(
+        tokenizer, docs, "Who left?", separator=cfg.separator, template=cfg.template,
+        use_chat_template=cfg.use_chat_template,
+    )  # fmt: skip
+    lengths: list[int] = []
+
+    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        lengths.append(int(ids.numel()))
+        return small._score_ids(ids, rows)
+
+    expected = score_in_windows(prompt, 96, cfg.scoring.query, score)
+    assert lengths and max(lengths) <= 96 < prompt.length
+    torch.testing.assert_close(small.score_prompt(prompt), expected)
+    assert small.compress(docs, "Who left?", top_k=20).compressed_tokens == 20
+
+
+@pytest.mark.parametrize("bad", [10, 0, True, 2048.0, "4096"])
+def test_window_option_is_validated(bad) -> None:
+    from gemfilter_rag import GemFilterConfig
+
+    with pytest.raises(ValueError, match="window"):
+        GemFilterConfig(window=bad)

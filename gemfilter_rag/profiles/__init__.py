@@ -34,6 +34,8 @@ class Profile:
     scoring: dict[str, Any] = field(default_factory=dict)
     granularity: str = "sentence"
     top_k: int = 1024
+    window: int | None = None
+    """Longest filter pass in tokens (``GemFilterConfig.window``); None: the model's maximum positions."""
     source: str = ""
     """"measured: ..." (with the command and budget) or "paper: ..."."""
     measurements: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +47,7 @@ class Profile:
             top_k=self.top_k,
             granularity=self.granularity,  # type: ignore[arg-type]
             scoring=ScoringConfig(**self.scoring),
+            window=self.window,
         )
 
     def matches(self, model_config: Any) -> bool:
