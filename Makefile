@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml)
 
-.PHONY: venv demo test test-fast test-long lint bench bench-full bench-speed calibrate clean
+.PHONY: venv demo test test-fast test-long lint bench bench-full bench-needle bench-speed calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP)  ## quick quality benchmark (< 20 min on 2 CPU cores)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run --preset full
+
+bench-needle: $(STAMP)  ## needle benchmark of every scoring and granularity (issue 4; hours on a CPU), then its report
+	$(BIN)/python -m benchmarks.needle
+	$(BIN)/python -m benchmarks.needle --report
 
 bench-speed: $(STAMP)  ## filter pass vs full prefill, and end-to-end generation, on the default model
 	$(BIN)/python -m benchmarks.speed

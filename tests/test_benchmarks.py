@@ -257,3 +257,57 @@ def test_cosine_matrix_ranks_like_cosine():
     sims = cosine_matrix([[1.0, 0.0]], [[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
     assert sims.shape == (1, 3)
     assert np.allclose(sims[0], [1.0, 0.0, 2**-0.5])
+
+
+def test_needle_chunks_are_whole_sentences_and_hold_the_needle():
+    from tinymodels import TRAINING_TEXT, build_tokenizer
+
+    from benchmarks.needle import chunk_probe
+    from gemfilter_rag.needles import NEEDLES, make_probe
+
+    tok = build_tokenizer()
+    probe = make_probe(tok, TRAINING_TEXT * 3, NEEDLES[2], 600, 0.4)
+    chunks, at, (a, b) = chunk_probe(tok, probe, chunk_tokens=40)
+    assert len(chunks) > 3
+    assert chunks[at][a:b] == NEEDLES[2].fact
+    # in order and without gaps: the chunks, rejoined with the text between them, are the context
+    pos = 0
+    for c in chunks:
+        i = probe.context.index(c, pos)
+        assert not probe.context[pos:i].strip()
+        pos = i + len(c)
+    assert not probe.context[pos:].strip()
+
+
+def test_needle_report_tables_count_per_cell(tmp_path):
+    from benchmarks.needle_report import answer_table, recall_table, write_report
+
+    def row(method, scoring, gran, budget, kept, length=4096, depth=0.5, needle=0, correct=None):
+        r = {"length": length, "depth": depth, "needle": needle, "method": method, "scoring": scoring}
+        r.update(granularity=gran, budget=budget, needle_kept=kept, answer_kept=kept, seconds=1.0)
+        if correct is not None:
+            r["correct"] = correct
+        return r
+
+    rows = [
+        row("gemfilter", "question_softmax_max7", "sentence", 256, True, needle=0, correct=True),
+        row("gemfilter", "question_softmax_max7", "sentence", 256, False, needle=1, correct=False),
+        row("gemfilter", "question_softmax_max7", "sentence", 256, True, needle=2, correct=True),
+        row("plain_rag", "minilm", "document", 256, False, needle=0, correct=False),
+        row("full", "-", "-", None, True, needle=0, correct=True),
+    ]
+    recall = "\n".join(recall_table(rows, [4096], [256]))
+    assert "| GemFilter question softmax, sentence **(default)** | 67% |" in recall
+    assert "| plain RAG (MiniLM, whole chunks) | 0% |" in recall
+    assert "full context" not in recall  # no budget: not a recall row
+    answers = "\n".join(answer_table(rows, [4096], 256))
+    assert "| GemFilter question softmax, sentence **(default)** | 67% / 67% |" in answers
+    assert "| full context | 100% / 100% |" in answers
+    jsonl = tmp_path / "n.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in [{"run": "x", "cpu": "c"}, *rows]) + "\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# B\n\n<!-- needle:begin -->old<!-- needle:end -->\ntail\n")
+    write_report(jsonl, readme)
+    body = readme.read_text()
+    assert "old" not in body and body.endswith("tail\n") and "67%" in body
+    assert (tmp_path / "n_heatmap.png").stat().st_size > 1000
