@@ -3,7 +3,7 @@
 Every probe is an essay haystack of a given length with one made-up fact (``gemfilter_rag.needles``)
 at a given depth, cut into chunks of at most 128 tokens of whole sentences (what a text splitter
 hands a retriever) and passed as documents. For each probe, one filter pass (or one knockout over
-windows, beyond ``pass_limit``) per scoring option gives token scores; from them every granularity
+windows, beyond the model's positions) per scoring option gives token scores; from them every granularity
 keeps a selection at every budget, exactly as ``GemFilterCompressor.compress`` would:
 
 - needle recall: the whole needle sentence is in the kept tokens;
@@ -89,9 +89,9 @@ class Scorer:
             cap = self.memo[key]
             return token_scores(cap.query[:, :, rows], cap.key, rows, option, cap.scaling, cap.sliding_window)[0]
 
-        limit = self.comp.pass_limit
+        limit = self.comp.max_positions
         if limit is not None and prompt.length > limit:
-            return score_in_windows(prompt, limit, option.query, score)
+            return score_in_windows(prompt, self.comp.window_size or limit, option.query, score)
         rows = self.comp.with_options(scoring=option)._query_rows(prompt)
         return score(prompt.input_ids, rows).float()[prompt.context_positions()]
 
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     haystack = essays_haystack()
     with args.out.open("a") as f:
         header = {"run": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "threads": torch.get_num_threads()}
-        header.update(filter_layer=comp.filter_layer, pass_limit=comp.pass_limit, torch=torch.__version__)
+        header.update(filter_layer=comp.filter_layer, window=comp.window_size, torch=torch.__version__)
         f.write(json.dumps(header) + "\n")
         for length in args.lengths:
             probes = make_probes(comp.tokenizer, haystack, [length], depths, NEEDLES[: args.needles])

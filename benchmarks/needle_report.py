@@ -122,7 +122,8 @@ def write_report(jsonl: Path, readme: Path = Path("benchmarks/README.md"), budge
         BEGIN,
         f"Probes per length: {', '.join(f'{n // 1024}K: {k}' for n, k in per_len.items())} "
         f"({len({r['needle'] for r in rows})} needles x {len({r['depth'] for r in rows})} depths). "
-        f"Filter layer {run.get('filter_layer')}, longest pass {run.get('pass_limit')} tokens; "
+        f"Filter layer {run.get('filter_layer')}; "
+        f"beyond the model's 8K positions, windows of {run.get('window')} tokens; "
         f"{run.get('cpu', '?')}, {run.get('threads', '?')} torch threads, torch {run.get('torch', '?')}; "
         f"scoring and selection time {seconds / 60:.0f} min. Rows: `{jsonl}`.",
         "",

@@ -71,12 +71,11 @@ def build_prompts(compressor: GemFilterCompressor, items: Sequence[tuple[Sequenc
 def score_prompts(compressor: GemFilterCompressor, prompts: Sequence[FilterPrompt]) -> list[torch.Tensor]:
     """Score the context tokens of several prompts in one right-padded filter pass. Returns [(N_i,)].
 
-    Prompts longer than one filter pass (``pass_limit``) fall back to ``score_prompt`` (which scores
-    in windows).
+    Prompts longer than the model accepts fall back to ``score_prompt`` (which scores in windows).
     """
-    limit = compressor.pass_limit
+    limit = compressor.max_positions
     if len(prompts) == 1 or any(limit is not None and p.length > limit for p in prompts):
-        # one prompt, or prompts longer than one pass (scored in windows): one by one
+        # one prompt, or prompts longer than the model (scored in windows): one by one
         return [compressor.score_prompt(p) for p in prompts]
     from .compressor import _device_of
 

@@ -134,9 +134,9 @@ class GemFilterCompressor:
         return int(value) if value else None
 
     @property
-    def pass_limit(self) -> int | None:
-        """Longest single filter pass, in tokens: ``config.window`` capped by the model's positions.
-        Longer prompts are scored in windows (``gemfilter_rag.windows``)."""
+    def window_size(self) -> int | None:
+        """Length of the windows a prompt longer than the model accepts is scored in: ``config.window``
+        capped by the model's positions (``gemfilter_rag.windows``). None: the model states no limit."""
         limits = [v for v in (self.config.window, self.max_positions) if v is not None]
         return min(limits) if limits else None
 
@@ -269,11 +269,12 @@ class GemFilterCompressor:
 
     def score_prompt(self, prompt: FilterPrompt) -> torch.Tensor:
         """Score every context token of a built prompt at the filter layer. Returns (N,) float32."""
-        limit = self.pass_limit
+        limit = self.max_positions
         if limit is not None and prompt.length > limit:
             from .windows import score_in_windows
 
-            return score_in_windows(prompt, limit, self.config.scoring.query, self._score_ids)
+            size = self.window_size or limit
+            return score_in_windows(prompt, size, self.config.scoring.query, self._score_ids)
         all_scores = self._score_ids(prompt.input_ids, self._query_rows(prompt))  # (T,)
         return all_scores[prompt.context_positions()]  # (N,)
 

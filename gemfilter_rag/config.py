@@ -77,10 +77,11 @@ class GemFilterConfig:
     use_chat_template: bool = True
     """Wrap the user message in the tokenizer's chat template when it has one."""
     window: int | None = None
-    """Longest filter pass, in tokens (prompt frame and question included). A longer prompt is scored
-    in windows of this size and merged by a knockout (``gemfilter_rag.windows``), so memory stays
-    bounded. None: the filter model's maximum positions. A model's attention may find the needle well
-    at 2K tokens and lose it at 8K: the SmolLM2 profile sets 2048 (measured, see its profile)."""
+    """Length, in tokens (prompt frame and question included), of the windows that a prompt longer than
+    the filter model accepts is scored in, merged by a knockout (``gemfilter_rag.windows``). None: the
+    model's maximum positions. Prompts the model accepts are always scored in one pass. A model may find
+    the needle well in short windows and lose it in long ones: the SmolLM2 profile sets 4096 (see its
+    profile and benchmarks/README.md)."""
     prior: Literal["none", "share", "add"] = "share"
     """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "share" (they share
     out the budget across documents, GemFilter picks sentences inside each), "add" (their z-score is

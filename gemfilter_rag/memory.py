@@ -223,7 +223,8 @@ def check_pass(
         raise InsufficientMemoryError(
             f"documents: a filter pass over {seq_len} tokens (batch {batch}) needs about {estimate.describe()} "
             f"but only {_gib(room)} is available on {torch.device(device)}; pass fewer or shorter documents, "
-            f"score in smaller windows, or lower batch_size{hint}. Set GEMFILTER_MEMORY_GUARD=0 to skip this check."
+            f"smaller windows (`window=`, for prompts beyond the model's positions), or a lower batch_size{hint}. "
+            "Set GEMFILTER_MEMORY_GUARD=0 to skip this check."
         )
     return estimate
 

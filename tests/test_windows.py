@@ -161,30 +161,37 @@ def test_frame_too_long_for_one_window_is_a_clear_error(tokenizer) -> None:
         comp.compress([TRAINING_TEXT[:400]], "Why " * 40 + "?", top_k=10)
 
 
-def test_window_option_bounds_every_pass(tokenizer) -> None:
-    model = _short_model("qwen2", len(tokenizer), 1024)
+def test_window_option_sizes_the_windows_of_prompts_the_model_cannot_take(tokenizer) -> None:
+    model = _short_model("qwen2", len(tokenizer), 160)
     comp = GemFilterCompressor(model, tokenizer, filter_layer=1, granularity="token")
-    assert comp.pass_limit == 1024
+    assert comp.window_size == 160
     small = comp.with_options(window=96)
-    assert small.pass_limit == 96 and small.config.window == 96
+    assert small.window_size == 96 and small.config.window == 96
+    assert comp.with_options(window=4096).window_size == 160  # capped by the model's positions
     from gemfilter_rag.prompt import build_prompt
 
     cfg = small.config
-    docs = [TRAINING_TEXT[:700]]
-    prompt = build_prompt(
-        tokenizer, docs, "Who left?", separator=cfg.separator, template=cfg.template,
-        use_chat_template=cfg.use_chat_template,
-    )  # fmt: skip
     lengths: list[int] = []
 
     def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         lengths.append(int(ids.numel()))
         return small._score_ids(ids, rows)
 
-    expected = score_in_windows(prompt, 96, cfg.scoring.query, score)
-    assert lengths and max(lengths) <= 96 < prompt.length
-    torch.testing.assert_close(small.score_prompt(prompt), expected)
-    assert small.compress(docs, "Who left?", top_k=20).compressed_tokens == 20
+    def prompt_of(text: str):
+        return build_prompt(
+            tokenizer, [text], "Who left?", separator=cfg.separator, template=cfg.template,
+            use_chat_template=cfg.use_chat_template,
+        )  # fmt: skip
+
+    long = prompt_of(TRAINING_TEXT[:700])
+    assert long.length > 160
+    expected = score_in_windows(long, 96, cfg.scoring.query, score)
+    assert lengths and max(lengths) <= 96
+    torch.testing.assert_close(small.score_prompt(long), expected)
+    assert small.compress([TRAINING_TEXT[:700]], "Who left?", top_k=20).compressed_tokens == 20
+    short = prompt_of(TRAINING_TEXT[:300])
+    assert 96 < short.length <= 160  # the model takes it whole: one pass, not windows
+    torch.testing.assert_close(small.score_prompt(short), comp.score_prompt(short))
 
 
 @pytest.mark.parametrize("bad", [10, 0, True, 2048.0, "4096"])
