@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -165,6 +164,7 @@ def test_shipped_profiles_are_valid() -> None:
         "Llama-3.1-8B-Instruct",
         "Mistral-Nemo-Instruct-2407",
         "Phi-3.5-mini-instruct",
+        "Gemma-3-270M",
     } <= names
     for p in profiles:
         cfg = p.config()
@@ -174,4 +174,18 @@ def test_shipped_profiles_are_valid() -> None:
         json.dumps(p.measurements)
         if p.source.startswith("paper"):
             assert cfg.scoring.query == "last" and not cfg.scoring.softmax and cfg.granularity == "token"
-    assert not math.isnan(0.0)
+
+
+def test_gemma3_270m_profile_matches_its_config_and_picks_a_full_attention_layer() -> None:
+    from transformers import Gemma3TextConfig
+
+    from gemfilter_rag.profiles import find_profile
+
+    cfg = Gemma3TextConfig(
+        num_hidden_layers=18, hidden_size=640, num_attention_heads=4, num_key_value_heads=1, vocab_size=262144
+    )
+    profile = find_profile(cfg)
+    assert profile is not None and profile.name == "Gemma-3-270M"
+    # a sliding-window layer sees only the last 512 tokens from the question: the measured layer is global
+    assert cfg.layer_types[profile.filter_layer] == "full_attention"
+    assert profile.measurements["chosen"]["sentence_recall"] == 1.0
