@@ -99,29 +99,16 @@ class Scorer:
 class Reader:
     """The default model's greedy short answer to a question from a context (memoised)."""
 
-    PROMPT = (
-        "Answer the question with a short phrase, using the context.\n\nContext:\n{context}\n\nQuestion: {question}"
-    )
-
     def __init__(self, comp: GemFilterCompressor, max_new_tokens: int = 16) -> None:
-        self.comp, self.max_new_tokens, self.memo = comp, max_new_tokens, {}
+        self.comp, self.max_new_tokens = comp, max_new_tokens
+        self.memo: dict[tuple[str, str], str] = {}
 
     def __call__(self, context: str, question: str) -> str:
+        from .run import greedy_answer
+
         key = (context, question)
         if key not in self.memo:
-            tok = self.comp.tokenizer
-            msgs = [{"role": "user", "content": self.PROMPT.format(context=context, question=question)}]
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            ids = ids["input_ids"]  # (1, T)
-            with torch.inference_mode():
-                out = self.comp.model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                )
-            self.memo[key] = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+            self.memo[key] = greedy_answer(self.comp.tokenizer, self.comp.model, context, question, self.max_new_tokens)
         return self.memo[key]
 
 

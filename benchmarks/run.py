@@ -59,6 +59,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def greedy_answer(tokenizer: Any, model: Any, context: str, question: str, max_new_tokens: int) -> str:
+    """The model's greedy short answer to ``question`` from ``context`` (``ANSWER_PROMPT`` in its chat template)."""
+    import torch
+
+    msgs = [{"role": "user", "content": ANSWER_PROMPT.format(context=context, question=question)}]
+    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = ids["input_ids"]  # (1, T)
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+
+
 class Answerer:
     """Greedy short answers of the default model given a context (memoised per context and question)."""
 
@@ -70,21 +88,8 @@ class Answerer:
     def __call__(self, context: str, question: str) -> str:
         key = hashlib.sha1(f"{context}\x00{question}".encode()).hexdigest()
         if key not in self._memo:
-            import torch
-
             tok, model = self.res.tokenizer, self.res.base.model
-            msgs = [{"role": "user", "content": ANSWER_PROMPT.format(context=context, question=question)}]
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            ids = ids["input_ids"]  # (1, T)
-            with torch.inference_mode():
-                out = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                )
-            self._memo[key] = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+            self._memo[key] = greedy_answer(tok, model, context, question, self.max_new_tokens)
         return self._memo[key]
 
 
