@@ -79,31 +79,30 @@ def heatmap(rows: Sequence[dict[str, Any]], budget: int, path: Path) -> Path:
 
     panels = [DEFAULT, ("gemfilter", "paper", "token"), ("plain_rag", "minilm", "document")]
     lengths = sorted({r["length"] for r in rows})
-    depths = sorted({r["depth"] for r in rows})
+    bins = 10  # depth deciles: runs with 10 and with 5 depths share columns
+
+    def decile(depth: float) -> int:
+        return min(bins - 1, int(depth * bins))
+
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.6 * len(lengths) + 2), sharey=True)
     for ax, key in zip(axes, panels, strict=True):
-        grid = np.full((len(lengths), len(depths)), np.nan)
-        for i, n in enumerate(lengths):
-            for j, d in enumerate(depths):
-                vals = [
-                    r["needle_kept"]
-                    for r in rows
-                    if (r["method"], r["scoring"], r["granularity"]) == key
-                    and r["length"] == n
-                    and r["depth"] == d
-                    and r["budget"] == budget
-                ]
-                if vals:
-                    grid[i, j] = sum(vals) / len(vals)
+        hits = np.zeros((len(lengths), bins))
+        counts = np.zeros((len(lengths), bins))
+        for r in rows:
+            if (r["method"], r["scoring"], r["granularity"]) == key and r["budget"] == budget:
+                i, j = lengths.index(r["length"]), decile(r["depth"])
+                hits[i, j] += r["needle_kept"]
+                counts[i, j] += 1
+        grid = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+        ax.set_xticks(range(bins), [f"{10 * j}-{10 * j + 10}%" for j in range(bins)], fontsize=6, rotation=45)
         ax.set_yticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths])
         ax.set_xlabel("needle depth")
         ax.set_title(label(key).replace("**", ""), fontsize=9)
     axes[0].set_ylabel("context tokens")
     fig.colorbar(im, ax=list(axes), label=f"needle sentence kept at {budget} tokens")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
