@@ -120,7 +120,8 @@ def write_report(jsonl: Path, readme: Path = Path("benchmarks/README.md"), budge
     text = [
         BEGIN,
         f"Probes per length: {', '.join(f'{n // 1024}K: {k}' for n, k in per_len.items())} "
-        f"({len({r['needle'] for r in rows})} needles x {len({r['depth'] for r in rows})} depths). "
+        f"({len({r['needle'] for r in rows})} needles; depths per length: "
+        f"{', '.join(str(len({r['depth'] for r in rows if r['length'] == n})) for n in lengths)}). "
         f"Filter layer {run.get('filter_layer')}; "
         f"beyond the model's 8K positions, windows of {run.get('window')} tokens; "
         f"{run.get('cpu', '?')}, {run.get('threads', '?')} torch threads, torch {run.get('torch', '?')}; "
