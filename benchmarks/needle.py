@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from gemfilter_rag import GemFilterCompressor, early_exit
-from gemfilter_rag.calibration import SCORING_OPTIONS, span_tokens
+from gemfilter_rag.calibration import SCORING_OPTIONS, query_rows, span_tokens
 from gemfilter_rag.compressor import _assemble
 from gemfilter_rag.config import ScoringConfig
 from gemfilter_rag.data import essays_haystack
@@ -92,7 +92,7 @@ class Scorer:
         limit = self.comp.max_positions
         if limit is not None and prompt.length > limit:
             return score_in_windows(prompt, self.comp.window_size or limit, option.query, score)
-        rows = self.comp.with_options(scoring=option)._query_rows(prompt)
+        rows = query_rows(prompt, option.query)
         return score(prompt.input_ids, rows).float()[prompt.context_positions()]
 
 

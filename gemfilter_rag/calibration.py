@@ -22,7 +22,7 @@ from .config import GemFilterConfig, ScoringConfig
 from .needles import Probe
 from .profiles import Profile, fingerprint
 from .prompt import FilterPrompt, build_prompt
-from .scoring import token_scores, top_k_sorted
+from .scoring import query_positions, token_scores, top_k_sorted
 from .selection import MAX_SENTENCE_TOKENS, select_units, token_units
 from .sentences import sentence_spans
 
@@ -37,12 +37,7 @@ SCORING_OPTIONS: dict[str, ScoringConfig] = {
 
 def query_rows(prompt: FilterPrompt, query: str | int) -> torch.Tensor:
     """Prompt positions whose attention scores: the last token, the question onward, or the last n. (Q,)"""
-    t = prompt.length
-    if query == "last":
-        return torch.tensor([t - 1])
-    if query == "question":
-        return torch.arange(prompt.query_start, t)
-    return torch.arange(max(0, t - int(query)), t)
+    return query_positions(prompt.length, prompt.query_start, query)
 
 
 def span_tokens(starts: Sequence[int], ends: Sequence[int], span: tuple[int, int]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from .prior import add_prior, check_document_scores, share_budget
 from .profiles import Profile, find_profile
 from .prompt import FilterPrompt, build_prompt
 from .result import CompressionResult, DocumentResult
-from .scoring import token_scores
+from .scoring import query_positions, token_scores
 from .selection import MAX_SENTENCE_TOKENS, Unit, select_tokens, select_units, token_units
 from .sentences import sentence_spans
 
@@ -298,13 +298,7 @@ class GemFilterCompressor:
         )  # (T,)
 
     def _query_rows(self, prompt: FilterPrompt) -> torch.Tensor:
-        rows = self.config.scoring.query
-        t = prompt.length
-        if rows == "last":
-            return torch.tensor([t - 1])
-        if rows == "question":
-            return torch.arange(prompt.query_start, t)
-        return torch.arange(max(0, t - int(rows)), t)
+        return query_positions(prompt.length, prompt.query_start, self.config.scoring.query)
 
     def _select(
         self, prompt: FilterPrompt, scores: torch.Tensor, budget: int, document_scores: Sequence[float] | None = None

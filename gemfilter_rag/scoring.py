@@ -90,6 +90,16 @@ def token_scores(
     return pool(aggregate(scores, config.heads), config.pool, config.pool_width)  # (B, T)
 
 
+def query_positions(length: int, query_start: int, query: str | int) -> torch.Tensor:
+    """Positions of a ``length``-token prompt whose attention scores (``ScoringConfig.query``): the last
+    token, the question (from ``query_start``) onward, or the last n. Returns (Q,)."""
+    if query == "last":
+        return torch.tensor([length - 1])
+    if query == "question":
+        return torch.arange(query_start, length)
+    return torch.arange(max(0, length - int(query)), length)
+
+
 def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` highest scores of a 1-D tensor, in ascending index order."""
     k = min(k, scores.shape[0])

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .prompt import FilterPrompt
+from .scoring import query_positions
 from .selection import MAX_SENTENCE_TOKENS, Unit, select_units, token_units
 from .sentences import sentence_spans
 
@@ -118,13 +119,8 @@ def score_in_windows(
         """One pass over the given units' tokens, concatenated; their scores (M,)."""
         ctx = torch.cat([region[a:b] for a, b in units]) if units else region[:0]
         win = torch.cat([prefix, ctx, tail])  # (T_w,)
-        t, p = int(win.numel()), int(prefix.numel())
-        if query == "last":
-            rows = torch.tensor([t - 1])
-        elif query == "question":
-            rows = torch.arange(p + int(ctx.numel()) + query_offset, t)
-        else:
-            rows = torch.arange(max(0, t - int(query)), t)
+        p = int(prefix.numel())
+        rows = query_positions(int(win.numel()), p + int(ctx.numel()) + query_offset, query)  # (Q,)
         return score(win, rows)[p : p + int(ctx.numel())].float().cpu()
 
     n = int(region.numel())
