@@ -50,3 +50,22 @@ def load_essays() -> list[tuple[str, str]]:
 def essays_haystack() -> str:
     """All essays concatenated in file-name order: the classic haystack."""
     return "".join(text for _, text in load_essays())
+
+
+# Development splits of the public data sets. A readout is trained only on the ``*_TRAIN`` records; the
+# benchmarks evaluate only on the ``*_EVAL`` records, so every reported number is on questions that
+# training never saw. HotpotQA records from 5000 on are not used at all (kept for independent checks).
+HOTPOT_DEV_RECORDS = 5000
+HOTPOT_TRAIN = range(0, 3000)
+"""HotpotQA dev distractor records a readout may be trained on."""
+HOTPOT_EVAL = range(3000, HOTPOT_DEV_RECORDS)
+"""HotpotQA dev distractor records the benchmarks evaluate on."""
+NQ_TRAIN = range(0, 1000)
+"""Lines of ``nq_open_oracle_dev.jsonl.gz`` whose questions a readout may be trained on (any passage may be
+a distractor)."""
+NQ_EVAL = range(1000, 2000)
+"""Lines of ``nq_open_oracle_dev.jsonl.gz`` whose questions the benchmarks evaluate on."""
+SQUAD_TRAIN_ARTICLES = range(0, 17)
+"""Articles (by index) of the SQuAD v2.0 dev set a readout may be trained on."""
+SQUAD_EVAL_ARTICLES = range(17, 35)
+"""Articles of the SQuAD v2.0 dev set the benchmarks evaluate on."""
