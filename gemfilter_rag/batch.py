@@ -1,163 +1,17 @@
-"""Compress several (documents, query) pairs with batched filter passes.
-
-The filter pass pads on the right: a causal model never lets a real token see a padding token
-that comes after it, and every real token keeps the position it has in an unpadded run, so each
-item's query/key (and so its scores) are those of a one-by-one call. Keys are sliced back to the
-item's own length before scoring, so padded keys never enter a softmax.
-"""
+"""Compress several (documents, query) pairs with batched filter passes (``pipeline.compress_prompts``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
-
-from . import early_exit, memory
-from .config import check_top_k
-from .prompt import FilterPrompt, build_prompt
+from .pipeline import build_prompts, compress_prompts
 from .result import CompressionResult
-from .scoring import token_scores
+from .validation import DEFAULT_BATCH_SIZE, check_items
 
 if TYPE_CHECKING:
     from .compressor import GemFilterCompressor
-
-DEFAULT_BATCH_SIZE = 8
-
-
-def check_items(items: Any) -> list[tuple[list[str], str]]:
-    """Validate ``items`` as a sequence of (documents, query) pairs and return them as lists."""
-    from .compressor import _check_documents, _check_query
-
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise TypeError(
-            f"items: expected a sequence of (documents, query) pairs, got {type(items).__name__}; "
-            "for one pair call compress(documents, query)."
-        )
-    out: list[tuple[list[str], str]] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Sequence) or isinstance(item, (str, bytes)) or len(item) != 2:
-            raise TypeError(f"items[{i}]: expected a (documents, query) pair, got {type(item).__name__}.")
-        docs, query = item
-        _check_query(query)
-        out.append((_check_documents(docs), query))
-    return out
-
-
-def check_batch_size(batch_size: Any) -> int:
-    """A positive int, or a ValueError that names the argument."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}; use e.g. {DEFAULT_BATCH_SIZE}.")
-    return batch_size
-
-
-def build_prompts(compressor: GemFilterCompressor, items: Sequence[tuple[Sequence[str], str]]) -> list[FilterPrompt]:
-    """The filter prompt of every item, with the compressor's template settings."""
-    cfg = compressor.config
-    return [
-        build_prompt(
-            compressor.tokenizer,
-            docs,
-            query,
-            separator=cfg.separator,
-            template=cfg.template,
-            use_chat_template=cfg.use_chat_template,
-        )
-        for docs, query in items
-    ]
-
-
-def score_prompts(compressor: GemFilterCompressor, prompts: Sequence[FilterPrompt]) -> list[torch.Tensor]:
-    """Score the context tokens of several prompts in one right-padded filter pass. Returns [(N_i,)].
-
-    Prompts longer than the model accepts fall back to ``score_prompt`` (which scores in windows).
-    """
-    limit = compressor.max_positions
-    if len(prompts) == 1 or any(limit is not None and p.length > limit for p in prompts):
-        # one prompt, or prompts longer than the model (scored in windows): one by one
-        return [compressor.score_prompt(p) for p in prompts]
-    from .compressor import _device_of
-
-    device = _device_of(compressor.model)
-    longest = max(p.length for p in prompts)
-    pad = _pad_id(compressor.tokenizer)
-    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(prompts), longest), dtype=torch.long)  # (B, T)
-    for i, p in enumerate(prompts):
-        ids[i, : p.length] = p.input_ids
-        mask[i, : p.length] = 1
-    rows_most = max(len(compressor._query_rows(p)) for p in prompts)
-    memory.check_pass(compressor.model, longest, rows_most, batch=len(prompts), device=device)
-    capture = early_exit.capture_layer(
-        compressor.model, ids.to(device), compressor.filter_layer, attention_mask=mask.to(device)
-    )
-    out: list[torch.Tensor] = []
-    for i, p in enumerate(prompts):
-        rows = compressor._query_rows(p).to(device)  # (Q,)
-        query = capture.query[i : i + 1, :, rows]  # (1, H, Q, D)
-        key = capture.key[i : i + 1, :, : p.length]  # (1, KV, T_i, D): padded keys dropped
-        scores = token_scores(
-            query, key, rows, compressor.config.scoring, capture.scaling, capture.sliding_window
-        )  # (1, T_i)
-        out.append(scores[0, p.context_positions().to(device)].float().cpu())  # (N_i,)
-    return out
-
-
-def compress_prompts(
-    compressor: GemFilterCompressor,
-    prompts: Sequence[FilterPrompt],
-    queries: Sequence[str],
-    *,
-    top_k: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[CompressionResult]:
-    """Compress built prompts; the items that need a filter pass share batched passes.
-
-    Items are grouped by length (longest first) to waste little padding; results come back in
-    input order. ``timings["filter"]`` of an item is the time of the pass it shared.
-    """
-    from .compressor import _assemble
-
-    budget = check_top_k(compressor.config.top_k if top_k is None else top_k)
-    check_batch_size(batch_size)
-    n = len(prompts)
-    scores: list[torch.Tensor | None] = [None] * n
-    filter_time = [0.0] * n
-    todo = sorted((i for i in range(n) if budget < prompts[i].context_tokens), key=lambda i: -prompts[i].length)
-    for s in range(0, len(todo), batch_size):
-        group = todo[s : s + batch_size]
-        t0 = time.perf_counter()
-        for i, sc in zip(group, score_prompts(compressor, [prompts[i] for i in group]), strict=True):
-            scores[i] = sc
-        elapsed = time.perf_counter() - t0
-        for i in group:
-            filter_time[i] = elapsed
-    results: list[CompressionResult] = []
-    for i, (prompt, query) in enumerate(zip(prompts, queries, strict=True)):
-        t0 = time.perf_counter()
-        found = scores[i]
-        if found is None:
-            keep = torch.arange(prompt.context_tokens)
-            sc = torch.ones(prompt.context_tokens)
-            layer = None
-        else:
-            sc = found
-            keep = compressor._select(prompt, sc, budget)
-            layer = compressor.filter_layer
-        select = time.perf_counter() - t0
-        result = _assemble(
-            prompt,
-            query,
-            keep,
-            sc,
-            layer,
-            compressor.config,
-            {"tokenize": 0.0, "filter": filter_time[i], "select": select},
-        )
-        result.timings["total"] = filter_time[i] + select
-        results.append(result)
-    return results
 
 
 def compress_batch(
@@ -177,11 +31,3 @@ def compress_batch(
         r.timings["tokenize"] = tokenize
         r.timings["total"] += tokenize
     return results
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return value
-    return 0
