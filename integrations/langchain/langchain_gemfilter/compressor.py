@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import numbers
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -73,10 +75,14 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         default="gemfilter", description="Key of the compression statistics in each output document's metadata."
     )
     score_key: str | None = Field(
-        default=None,
-        description="Metadata key holding each document's retriever score (higher = more relevant), e.g. "
-        "'relevance_score'; when every document has it, the scores share out the budget "
-        "(GemFilterConfig.prior). None: GemFilter's attention alone decides.",
+        default="auto",
+        description="Where each document's retriever score is (higher = more relevant), passed to the compressor "
+        "as `document_scores` (the trained readout fuses it, GemFilterConfig.prior): a metadata key such as "
+        "'relevance_score'; 'auto' (default) finds the score LangChain itself records: metadata['relevance_score'] "
+        "(CohereRerank, FlashrankRerank and other rerankers) or EmbeddingsFilter's state['query_similarity_score']; "
+        "None ignores scores. 'score' is never guessed: similarity_search_with_score gives distances (lower = "
+        "better) in some vector stores; name it only when it is a similarity. Scores are used only when every "
+        "document has one.",
     )
 
     _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
@@ -132,10 +138,11 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
             return [], None
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query: {query!r} is empty; pass the question the documents must answer.")
-        scores = [d.metadata.get(self.score_key) for d in docs] if self.score_key else []
-        use_scores = bool(scores) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores)
         result = self.compressor.compress(
-            [d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores if use_scores else None
+            [d.page_content for d in docs],
+            query,
+            top_k=self.top_k,
+            document_scores=retriever_scores(docs, self.score_key),
         )
         self._last_result = result
         out = [
@@ -164,6 +171,34 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         if self.filter_layer is not None:
             opts["filter_layer"] = self.filter_layer
         return opts
+
+
+AUTO_SCORE_KEYS = ("relevance_score",)
+"""Metadata keys ``score_key="auto"`` reads, in order: the relevance scores LangChain's rerankers record."""
+STATE_SCORE_KEY = "query_similarity_score"
+"""Where LangChain's ``EmbeddingsFilter`` leaves each document's cosine similarity (``Document.state``)."""
+
+
+def retriever_scores(docs: Sequence[Document], score_key: str | None) -> list[float] | None:
+    """Every document's retriever score under ``score_key`` ("auto": the first of ``AUTO_SCORE_KEYS`` or
+    ``STATE_SCORE_KEY`` that every document has), or None when some document has none."""
+    if not score_key or not docs:
+        return None
+    keys = AUTO_SCORE_KEYS if score_key == "auto" else (score_key,)
+    for key in keys:
+        values = [d.metadata.get(key) for d in docs]
+        if all(_is_number(v) for v in values):
+            return [float(v) for v in values]  # type: ignore[arg-type]
+    if score_key == "auto":
+        values = [getattr(d, "state", {}).get(STATE_SCORE_KEY) for d in docs]
+        if all(_is_number(v) for v in values):
+            return [float(v) for v in values]  # type: ignore[arg-type]
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (numpy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def _compressed_document(doc: Document, kept: DocumentResult, filter_layer: int | None, key: str) -> Document:
