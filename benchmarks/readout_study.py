@@ -151,6 +151,49 @@ def run_item(
     return rows
 
 
+def run_adapters(readout: GemFilterCompressor, item: Example, budget: int) -> list[dict[str, Any]]:
+    """The item through both framework adapters with their defaults, the retriever's scores near-equal:
+    1.00, 0.99, 0.98, ... in the retriever's order (as a reranker or vector store leaves them)."""
+    from langchain_core.documents import Document
+    from langchain_gemfilter import GemFilterDocumentCompressor
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.gemfilter import GemFilterNodePostprocessor
+
+    emb = readout.embedder
+    assert emb is not None
+    sims = emb.similarities(item.question, item.documents)
+    order = sorted(range(len(item.documents)), key=lambda d: (-float(sims[d]), d))
+    near = {d: round(1.0 - 0.01 * rank, 2) for rank, d in enumerate(order)}
+    base = {"dataset": item.source, "id": item.id, **item.meta}
+    rows = []
+    t0 = time.perf_counter()
+    docs = [Document(page_content=t, metadata={"relevance_score": near[d]}) for d, t in enumerate(item.documents)]
+    out = GemFilterDocumentCompressor(compressor=readout, top_k=budget).compress_documents(docs, item.question)
+    text = "\n\n".join(d.page_content for d in out)
+    rows.append(
+        {
+            **base,
+            "method": "langchain-adapter",
+            "kept": contains_answer(text, item.answers),
+            "s": time.perf_counter() - t0,
+        }
+    )
+    t0 = time.perf_counter()
+    nodes = [NodeWithScore(node=TextNode(text=t), score=near[d]) for d, t in enumerate(item.documents)]
+    post = GemFilterNodePostprocessor(compressor=readout, top_k=budget)
+    kept = post.postprocess_nodes(nodes, QueryBundle(item.question))
+    text = "\n\n".join(n.node.get_content() for n in kept)
+    rows.append(
+        {
+            **base,
+            "method": "llamaindex-adapter",
+            "kept": contains_answer(text, item.answers),
+            "s": time.perf_counter() - t0,
+        }
+    )
+    return rows
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson interval of a proportion k/n."""
     if n == 0:
@@ -243,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/readout_study")
+    ap.add_argument("--adapters", type=int, default=2, help="needles also run through both adapters (0: none)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -264,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if item.id in done:
                     continue
                 new = run_item(deep, old, readout, item, args.budget)
+                if (
+                    item.source == "needle"
+                    and int(item.id.split("-")[1]) < args.adapters * len(args.needle_lengths) * args.depths
+                ):
+                    new += run_adapters(readout, item, args.budget)
                 for r in new:
                     f.write(json.dumps(r) + "\n")
                 f.flush()
