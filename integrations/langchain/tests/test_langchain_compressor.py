@@ -267,3 +267,13 @@ def test_auto_score_key_reads_embeddings_filter_state_in_a_pipeline(core: Any, m
     assert len(seen) == 1 and seen[0] is not None and len(seen[0]) == len(make_docs())
     assert all(-1.0 <= s <= 1.0 for s in seen[0])
     assert sum(d.metadata["gemfilter"]["kept_tokens"] for d in out) <= 30
+
+
+def test_embeddings_field_gives_the_compressor_an_embedding_model(core: Any) -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    fake = DeterministicFakeEmbedding(size=8)
+    assert GemFilterDocumentCompressor(compressor=core).compressor.embedder is core.embedder  # "auto" keeps it
+    with_emb = GemFilterDocumentCompressor(compressor=core, embeddings=fake).compressor
+    assert with_emb.embedder is not None and with_emb.model is core.model
+    assert GemFilterDocumentCompressor(compressor=with_emb, embeddings=None).compressor.embedder is None
