@@ -4,9 +4,10 @@ A unit is a run of context tokens ``[start, end)`` (a sentence piece, a document
 Shapes: L layers (0..r), H heads, N context tokens, U units, D documents, C = L * H channels.
 
 The attention block (``attention_features``) is what the filter pass measured: for every layer and
-head, the question's attention mass on the unit and its mean attention per token, in logs, then
-standardised within the prompt, so that a readout trained on one context length and one number of
-documents applies to another. The optional extras are raw, never standardised where near-equal
+head, the question's attention mass on the unit and its mean attention per token, in logs; the
+document block (``document_mass``) adds, for every layer and head, the mass on the unit's whole
+document. Both are standardised within the prompt, so that a readout trained on one context length
+and one number of documents applies to another. The optional extras are raw, never standardised where near-equal
 inputs must stay near-equal (the retriever's scores, see ``relative_scores``).
 """
 
@@ -21,6 +22,8 @@ Unit = tuple[int, int]
 EPS = 1e-8
 """Added before taking logs of attention (probabilities of one token can be ~1e-7)."""
 
+ATTENTION_BLOCKS = 3
+"""Attention columns per layer and head: the unit's log mass and log mean, and its document's log mass."""
 SHAPE = ("log_length", "position")
 """Extras every readout uses: the unit's length in tokens (log) and the relative position of its middle."""
 RETRIEVER = ("retriever",)
@@ -69,6 +72,21 @@ def select_layers(features: torch.Tensor, heads: int, layers: int) -> torch.Tens
     return torch.cat([features[:, :keep], features[:, total : total + keep]], dim=1)
 
 
+def document_mass(raw: torch.Tensor, unit_docs: torch.Tensor) -> torch.Tensor:
+    """Log attention mass of each unit's document, per layer and head: (U, 2C) block -> (U, C).
+
+    ``raw`` is ``attention_features``'s block; its first C columns are the units' log masses, and a
+    document's mass is the sum of its units' masses (a log-sum-exp of their logs).
+    """
+    channels = raw.shape[1] // 2
+    log_mass = raw[:, :channels].double()  # (U, C)
+    out = torch.empty_like(log_mass)
+    for d in unit_docs.unique().tolist():
+        mine = unit_docs == d
+        out[mine] = torch.logsumexp(log_mass[mine], dim=0)
+    return out.float()
+
+
 def standardise(x: torch.Tensor) -> torch.Tensor:
     """Z-score every column over the units of one prompt; a constant column becomes zeros. (U, F)"""
     if x.shape[0] < 2:
@@ -114,8 +132,8 @@ def unit_features(
 
     attention: (L, H, N); unit_docs: (U,) document index of each unit; retriever: (D,) from
     ``relative_scores``; sim_unit: (U,) and sim_doc: (D,) embedding similarities to the query.
-    Returns ((U, 2C + E), extra names): the standardised attention block, then ``SHAPE``, then
-    ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
+    Returns ((U, 3C + E), extra names): the standardised attention block (2C) and document block (C),
+    then ``SHAPE``, then ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
     """
     raw = attention_features(attention, units)  # (U, 2C)
     return combine(raw, units, int(attention.shape[-1]), unit_docs, retriever, sim_unit, sim_doc)
@@ -132,7 +150,7 @@ def combine(
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """``unit_features`` from an attention block already reduced to units (``attention_features``, (U, 2C)),
     so that training can cache the block of many layers and try fewer."""
-    cols = [standardise(raw), shape_features(units, n_context)]
+    cols = [standardise(raw), standardise(document_mass(raw, unit_docs)), shape_features(units, n_context)]
     names: list[str] = list(SHAPE)
     if retriever is not None:
         cols.append(retriever.double()[unit_docs][:, None].float())  # (U, 1)

@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from .features import EMBEDDING, RETRIEVER, SHAPE
+from .features import ATTENTION_BLOCKS, EMBEDDING, RETRIEVER, SHAPE
 
 
 @dataclass(frozen=True)
 class Readout:
     """One linear readout: ``logit = features @ weights + bias`` over units.
 
-    ``weights`` cover the attention block of layers ``0..layer`` (``2 * (layer + 1) * heads``
-    columns) followed by ``extras``, in that order.
+    ``weights`` cover the attention and document blocks of layers ``0..layer`` (``3 * (layer + 1) *
+    heads`` columns, ``features.unit_features``) followed by ``extras``, in that order.
     """
 
     layer: int
@@ -33,7 +33,7 @@ class Readout:
     bias: float
 
     def __post_init__(self) -> None:
-        expected = 2 * (self.layer + 1) * self.heads + len(self.extras)
+        expected = ATTENTION_BLOCKS * (self.layer + 1) * self.heads + len(self.extras)
         if len(self.weights) != expected:
             raise ValueError(
                 f"weights: {len(self.weights)} values for layer {self.layer}, {self.heads} heads and extras "

@@ -16,6 +16,7 @@ from gemfilter_rag.features import (
     RETRIEVER,
     SHAPE,
     attention_features,
+    document_mass,
     relative_scores,
     select_layers,
     standardise,
@@ -38,7 +39,7 @@ def tiny_readouts(layer: int = LAYER, heads: int = HEADS, seed: int = 0) -> Read
     variants = {}
     for name in ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever"):
         extras = variant_extras(name)
-        w = torch.randn(2 * (layer + 1) * heads + len(extras), generator=g, dtype=torch.float64)
+        w = torch.randn(3 * (layer + 1) * heads + len(extras), generator=g, dtype=torch.float64)
         variants[name] = Readout(layer, heads, extras, tuple(w.tolist()), 0.1)
     return ReadoutSet(layer, heads, variants, {"test": True})
 
@@ -99,7 +100,7 @@ def test_unit_features_columns_and_names() -> None:
     units = [(0, 4), (4, 8), (8, 12)]
     docs = torch.tensor([0, 0, 1])
     x, names = unit_features(attention, units, docs)
-    assert names == SHAPE and x.shape == (3, 2 * 2 * 2 + 2)
+    assert names == SHAPE and x.shape == (3, 3 * 2 * 2 + 2)  # unit block 2C, document block C, shape
     x, names = unit_features(
         attention,
         units,
@@ -108,19 +109,29 @@ def test_unit_features_columns_and_names() -> None:
         sim_unit=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64),
         sim_doc=torch.tensor([0.5, 0.6], dtype=torch.float64),
     )
-    assert names == SHAPE + RETRIEVER + EMBEDDING and x.shape == (3, 8 + 2 + 1 + 2)
-    torch.testing.assert_close(x[:, 10], torch.tensor([0.0, 0.0, -2 / 3]))  # the document's relative score
-    torch.testing.assert_close(x[:, 8], torch.log(torch.tensor([4.0, 4.0, 4.0])))  # log length
-    torch.testing.assert_close(x[:, 9], torch.tensor([2 / 12, 6 / 12, 10 / 12]))  # position of the middle
+    assert names == SHAPE + RETRIEVER + EMBEDDING and x.shape == (3, 12 + 2 + 1 + 2)
+    torch.testing.assert_close(x[:, 14], torch.tensor([0.0, 0.0, -2 / 3]))  # the document's relative score
+    torch.testing.assert_close(x[:, 12], torch.log(torch.tensor([4.0, 4.0, 4.0])))  # log length
+    torch.testing.assert_close(x[:, 13], torch.tensor([2 / 12, 6 / 12, 10 / 12]))  # position of the middle
+    assert x[0, 8:12].tolist() == x[1, 8:12].tolist()  # units of one document share its document block
+
+
+def test_document_mass_sums_the_units_of_each_document() -> None:
+    attention = torch.tensor([[[0.1, 0.2, 0.3, 0.4]]])  # (L=1, H=1, N=4)
+    units = [(0, 1), (1, 2), (2, 4)]
+    raw = attention_features(attention, units)
+    got = document_mass(raw, torch.tensor([0, 0, 1]))  # documents: units {0, 1} and {2}
+    expected = torch.log(torch.tensor([[0.3 + 2e-8], [0.3 + 2e-8], [0.7 + 1e-8]]))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the readout model
 
 
 def test_readout_logits_and_validation() -> None:
-    r = Readout(0, 1, SHAPE, (1.0, 2.0, 3.0, 4.0), -1.0)
-    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
-    assert r.logits(x).tolist() == [0.0, 8.0]
+    r = Readout(0, 1, SHAPE, (1.0, 2.0, 3.0, 4.0, 5.0), -1.0)
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0]])
+    assert r.logits(x).tolist() == [0.0, 13.0]
     with pytest.raises(ValueError, match="weights"):
         Readout(1, 4, SHAPE, (1.0,), 0.0)
     with pytest.raises(ValueError, match="columns"):
@@ -231,7 +242,7 @@ def test_retriever_and_embedding_variants_are_chosen_by_what_is_given() -> None:
     sets = tiny_readouts()
     r = sets.variants["attention+embedding+retriever"]
     heavy = list(r.weights)
-    heavy[2 * (LAYER + 1) * HEADS + 2] = 1e4  # SHAPE, then RETRIEVER
+    heavy[3 * (LAYER + 1) * HEADS + 2] = 1e4  # attention blocks, SHAPE, then RETRIEVER
     sets.variants["attention+embedding+retriever"] = Readout(r.layer, r.heads, r.extras, tuple(heavy), r.bias)
     ruled = readout_compressor("llama", sets, embeddings=fake_embeddings)
     res = ruled.compress(DOCS, QUERY, top_k=30, document_scores=scores)
