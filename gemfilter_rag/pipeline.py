@@ -100,7 +100,14 @@ def run_passes(
     lengths = [int(ids.shape[0]) for ids, _ in inputs]
     rows = [r.to(device) for _, r in inputs]
     longest = max(lengths)
-    memory.check_pass(comp.model, longest, max(int(r.numel()) for r in rows), batch=len(inputs), device=device)
+    memory.check_pass(
+        comp.model,
+        longest,
+        max(int(r.numel()) for r in rows),
+        batch=len(inputs),
+        device=device,
+        recorded_layers=comp.filter_layer + 1 if record else 0,
+    )
     if len(inputs) == 1:
         ids = inputs[0][0][None].to(device)  # (1, T)
         mask = None
