@@ -35,9 +35,9 @@ from gemfilter_rag.assemble import assemble
 from gemfilter_rag.data import HOTPOT_EVAL, NQ_EVAL, essays_haystack, load_nq, long_context_eval_json
 from gemfilter_rag.embeddings import minilm
 from gemfilter_rag.needles import NEEDLES, make_probes
-from gemfilter_rag.pipeline import Evidence, build_prompts, run_passes, score_pass, select
+from gemfilter_rag.pipeline import Evidence, PassItem, Scores, build_prompts, score_pass, select
 from gemfilter_rag.scoring import query_positions
-from gemfilter_rag.selection import select_ranked
+from gemfilter_rag.selection import select_ranked, unit_scores
 from gemfilter_rag.training import nq_similarities
 from gemfilter_rag.training.examples import (
     Example,
@@ -96,8 +96,37 @@ def fill_budget(comp: GemFilterCompressor, ranked: Sequence[str], budget: int, s
     return separator.join(out)
 
 
+def study_pass(
+    readout: GemFilterCompressor, old: GemFilterCompressor, prompt: Any, rows: torch.Tensor
+) -> tuple[PassItem, torch.Tensor]:
+    """One pass through the readout's layer that also scores the old single-layer default at its layer.
+
+    Returns the readout's ``PassItem`` and the old default's token scores (T,).
+    """
+    from gemfilter_rag import early_exit
+    from gemfilter_rag.scoring import row_attention, token_scores
+
+    ids = prompt.input_ids[None]  # (1, T)
+    stack: list[torch.Tensor] = []
+    old_scores: list[torch.Tensor] = []
+
+    def observe(layer: int, cap: Any) -> None:
+        q = cap.query[:, :, rows]  # (1, H, Q, D)
+        stack.append(row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float())
+        if layer == old.filter_layer:
+            old_scores.append(token_scores(q, cap.key, rows, old.config.scoring, cap.scaling, cap.sliding_window)[0])
+
+    with torch.inference_mode():
+        cap = early_exit.capture_layer(readout.model, ids, readout.filter_layer, observe=observe)
+    q = cap.query[:, :, rows]
+    stack.append(row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float())
+    if old.filter_layer == readout.filter_layer:
+        old_scores.append(token_scores(q, cap.key, rows, old.config.scoring, cap.scaling, cap.sliding_window)[0])
+    item = PassItem(q, cap.key, rows, cap.scaling, cap.sliding_window, torch.stack(stack))
+    return item, old_scores[0].float()
+
+
 def run_item(
-    deep: GemFilterCompressor,
     old: GemFilterCompressor,
     readout: GemFilterCompressor,
     item: Example,
@@ -116,14 +145,14 @@ def run_item(
     doc_sims = emb.similarities(item.question, item.documents)  # (D,) the retriever's scores
     t_embed = time.perf_counter() - t0
     order = sorted(range(len(item.documents)), key=lambda d: (-float(doc_sims[d]), d))
-    row("rag", fill_budget(deep, [item.documents[d] for d in order], budget), t_embed)
+    row("rag", fill_budget(readout, [item.documents[d] for d in order], budget), t_embed)
 
-    (prompt,) = build_prompts(deep, [(item.documents, item.question)])
+    (prompt,) = build_prompts(readout, [(item.documents, item.question)])
     if prompt.context_tokens <= budget:
         return rows
-    rows_q = query_positions(prompt.length, prompt.query_start, deep.config.scoring.query)
+    rows_q = query_positions(prompt.length, prompt.query_start, readout.config.scoring.query)
     t0 = time.perf_counter()
-    (passed,) = run_passes(deep, [(prompt.input_ids, rows_q)], record=True)
+    passed, old_tokens = study_pass(readout, old, prompt, rows_q)
     t_pass = time.perf_counter() - t0
     scores = [float(s) for s in doc_sims]
     units = prompt_units(prompt, "sentence", budget)
@@ -131,8 +160,12 @@ def run_item(
     def gemfilter(method: str, comp: GemFilterCompressor, variant: str | None, document_scores: Any) -> None:
         t1 = time.perf_counter()
         evidence = Evidence(prompt, item.question, document_scores, emb if variant and "embedding" in variant else None)
-        chosen = comp.readouts.variants[variant] if variant and comp.readouts else None
-        sc = score_pass(comp, prompt, passed, units, evidence, chosen)
+        if variant is None:  # the old single-layer default, scored inside the same pass
+            tokens = old_tokens[prompt.context_positions()]
+            sc = Scores(tokens, unit_scores(tokens, units.units).double())
+        else:
+            assert comp.readouts is not None
+            sc = score_pass(comp, prompt, passed, units, evidence, comp.readouts.variants[variant])
         keep = select(comp, sc, units, budget, document_scores)
         res = assemble(prompt, item.question, keep, sc.tokens, comp.filter_layer, comp.config, {})
         row(method, res.text, t_pass + time.perf_counter() - t1, tokens=res.compressed_tokens)
@@ -146,7 +179,7 @@ def run_item(
     sims = Evidence(prompt, item.question, None, emb).sim_units(units.units, units.documents)
     assert sims is not None
     keep = select_ranked(sims, units.units, budget)
-    res = assemble(prompt, item.question, keep, torch.zeros(prompt.context_tokens), None, deep.config, {})
+    res = assemble(prompt, item.question, keep, torch.zeros(prompt.context_tokens), None, readout.config, {})
     row("minilm-sentences", res.text, time.perf_counter() - t1 + t_embed)
     return rows
 
@@ -297,9 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         readout = GemFilterCompressor.from_pretrained(device="cpu", profile=args.profile, embeddings="default")
         assert readout.readouts is not None
         old = readout.with_options(filter_layer=OLD_LAYER, scorer="layer", prior="share")
-        deep = readout.with_options(filter_layer=max(OLD_LAYER, readout.filter_layer), scorer="layer")
-        if readout.filter_layer > OLD_LAYER:
-            raise SystemExit("the readout's layer is deeper than the old default's: run two passes (not written)")
+        if readout.filter_layer < OLD_LAYER:
+            raise SystemExit("the readout's layer is shallower than the old default's: one pass cannot score both")
         items = eval_items(readout.tokenizer, args.hotpot, args.nq, args.needle_lengths, args.depths, args.seed)
         done = {r["id"] for r in rows}
         t0 = time.perf_counter()
@@ -307,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, item in enumerate(items):
                 if item.id in done:
                     continue
-                new = run_item(deep, old, readout, item, args.budget)
+                new = run_item(old, readout, item, args.budget)
                 if (
                     item.source == "needle"
                     and int(item.id.split("-")[1]) < args.adapters * len(args.needle_lengths) * args.depths

@@ -114,7 +114,7 @@ class GemFilterCompressor:
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         profile: str | Path | Profile | None = None,
-        embeddings: Any = None,
+        embeddings: Any = "auto",
         **options: Any,
     ) -> GemFilterCompressor:
         """Load a model and its tokenizer, offline, and wrap them.
@@ -128,7 +128,8 @@ class GemFilterCompressor:
             attn_implementation: "sdpa" (default), "eager", or "flash_attention_2" when installed.
             trust_remote_code: run code shipped with the model; off unless you set it.
             profile: a profile JSON or ``Profile`` instead of the matching shipped one.
-            embeddings: see the class; "default" loads all-MiniLM-L6-v2 from its package.
+            embeddings: see the class; "default" loads all-MiniLM-L6-v2 from its package; "auto" (the
+                default) does so when the model's trained readout has a variant that uses it, else None.
             **options: ``GemFilterConfig``/``ScoringConfig`` fields.
         """
         from .loading import load_model
@@ -140,7 +141,11 @@ class GemFilterCompressor:
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
-        return cls(lm, tok, profile=profile, embeddings=embeddings, **options)
+        comp = cls(lm, tok, profile=profile, **options)
+        if isinstance(embeddings, str) and embeddings == "auto":
+            wanted = comp.readouts is not None and any(r.uses_embeddings for r in comp.readouts.variants.values())
+            embeddings = "default" if wanted else None
+        return comp.with_embeddings(embeddings) if embeddings is not None else comp
 
     def with_options(self, **options: Any) -> GemFilterCompressor:
         """This compressor, or with ``options`` a sibling that shares its model and tokenizer and has

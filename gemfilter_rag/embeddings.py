@@ -106,12 +106,14 @@ class _MiniLM:
         self._lock = threading.Lock()  # the Rust tokenizer's padding settings are per call here, but be safe
 
     @torch.inference_mode()
-    def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = []
-        for s in range(0, len(texts), batch_size):
+    def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: little padding
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
             with self._lock:
                 enc = self.tokenizer(
-                    texts[s : s + batch_size],
+                    [texts[i] for i in rows],
                     padding=True,
                     truncation=True,
                     max_length=MINILM_MAX_TOKENS,
@@ -120,8 +122,8 @@ class _MiniLM:
             hidden = self.model(**enc).last_hidden_state  # (B, T, E)
             mask = enc["attention_mask"][..., None].float()  # (B, T, 1)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # (B, E)
-            out.append(torch.nn.functional.normalize(mean, dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+            out[rows] = torch.nn.functional.normalize(mean, dim=1).numpy()
+        return out
 
 
 _MINILM: Embedder | None = None
