@@ -257,8 +257,9 @@ def score_prompt(comp: GemFilterCompressor, prompt: FilterPrompt, units: PromptU
     if limit is not None and prompt.length > limit:
         from .windows import score_in_windows
 
+        scorer, prefilter = _window_scorer(comp, prompt, evidence)
         tokens = score_in_windows(
-            prompt, comp.window_size or limit, comp.config.scoring.query, _window_scorer(comp, prompt, evidence)
+            prompt, comp.window_size or limit, comp.config.scoring.query, scorer, prefilter=prefilter
         )
         return Scores(tokens, unit_scores(tokens, units.units).double())
     rows = query_positions(prompt.length, prompt.query_start, comp.config.scoring.query)
@@ -266,8 +267,10 @@ def score_prompt(comp: GemFilterCompressor, prompt: FilterPrompt, units: PromptU
     return score_pass(comp, prompt, item, units, evidence, readout)
 
 
-def _window_scorer(comp: GemFilterCompressor, prompt: FilterPrompt, evidence: Evidence) -> Any:
-    """The ``windows.UnitScoreFn`` of this compressor: one pass per window, scored as a whole prompt is."""
+def _window_scorer(comp: GemFilterCompressor, prompt: FilterPrompt, evidence: Evidence) -> tuple[Any, Any]:
+    """The ``windows.UnitScoreFn`` of this compressor (one pass per window, scored as a whole prompt is)
+    and its ``windows.PrefilterFn`` (embedding similarity of each unit to the question; None without an
+    embedding model)."""
     readout = readout_for(comp, evidence.retriever is not None)
     c0 = prompt.doc_offsets[0]
     # region index (context region, separators included) of each document's first token
@@ -306,7 +309,16 @@ def _window_scorer(comp: GemFilterCompressor, prompt: FilterPrompt, evidence: Ev
             values[keep] = torch.exp(logits - logits.max())
         return values
 
-    return score
+    def prefilter(region: list[Unit]) -> torch.Tensor:
+        found = [locate(u) for u in region]
+        keep = [i for i, f in enumerate(found) if f is not None]
+        values = torch.full((len(region),), float("-inf"), dtype=torch.float64)
+        sims = evidence.sim_units([found[i][1] for i in keep], [found[i][0] for i in keep])  # type: ignore[index]
+        if sims is not None and keep:
+            values[keep] = sims
+        return values
+
+    return score, (prefilter if evidence.embedder is not None else None)
 
 
 def select(
@@ -327,7 +339,7 @@ def select(
     mode = cfg.prior if document_scores is not None else "none"
     if mode == "auto":
         mode = "none" if comp.readouts is not None else "add"
-    lengths = [len(r) for r in _doc_token_ranges(units, scores.tokens.numel())]
+    lengths = [sum(b - a for a, b in doc_units) for doc_units in units.per_document]  # units partition documents
     if mode == "add":
         tokens = add_prior(scores.tokens, lengths, document_scores or [], cfg.prior_weight)
         if cfg.granularity == "token":
@@ -358,18 +370,6 @@ def keep_tokens(
     """
     units = prompt_units(prompt, comp.config.granularity, budget)
     return select(comp, Scores(tokens, unit_scores(tokens, units.units).double()), units, budget, document_scores)
-
-
-def _doc_token_ranges(units: PromptUnits, n: int) -> list[range]:
-    """Each document's context-token range, from its units (empty documents: empty ranges)."""
-    out, cursor = [], 0
-    for doc_units in units.per_document:
-        end = doc_units[-1][1] if doc_units else cursor
-        out.append(range(cursor, end))
-        cursor = end
-    if cursor != n:  # pragma: no cover - units always cover the context
-        raise AssertionError("units do not cover the context")
-    return out
 
 
 def compress_prompts(

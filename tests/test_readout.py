@@ -298,3 +298,36 @@ def test_siblings_share_the_model_and_keep_the_profile() -> None:
         comp.with_embeddings(42)
     with pytest.raises(ValueError, match="embeddings"):
         comp.with_embeddings("minilm")
+
+
+def test_embeddings_prefilter_long_prompts_before_any_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an embedding model, a prompt beyond the model's positions keeps only one window's worth of its
+    best units (by similarity) for the passes: fewer passes, all within the window."""
+    from tinymodels import SEED, model_config
+    from transformers import AutoModelForCausalLM
+
+    import gemfilter_rag.pipeline as pipeline_module
+
+    tok = build_tokenizer()
+    cfg = model_config("llama", len(tok))
+    cfg.max_position_embeddings = 160
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float().eval()
+    profile = Profile("tiny", fingerprint(model.config), LAYER, readout=tiny_readouts().to_dict())
+    plain = GemFilterCompressor(model, tok, profile=profile)
+    embedded = plain.with_embeddings(fake_embeddings)
+    docs = [TRAINING_TEXT[:700], TRAINING_TEXT[700:1400]]
+    lengths: list[int] = []
+    real = pipeline_module.run_passes
+
+    def counting(comp: Any, inputs: Any, record: bool) -> Any:
+        lengths.extend(int(ids.shape[0]) for ids, _ in inputs)
+        return real(comp, inputs, record)
+
+    monkeypatch.setattr(pipeline_module, "run_passes", counting)
+    plain.compress(docs, QUERY, top_k=30)
+    without = list(lengths)
+    lengths.clear()
+    res = embedded.compress(docs, QUERY, top_k=30)
+    assert 0 < res.compressed_tokens <= 30
+    assert len(lengths) == 1 < len(without) and max(lengths) <= 160

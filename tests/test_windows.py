@@ -129,7 +129,8 @@ def test_long_prompt_is_scored_in_windows(arch: str, tokenizer) -> None:
     assert prompt.length > 96
     calls: list[int] = []
 
-    inner = _window_scorer(comp, prompt, Evidence(prompt, "What do cities send?", None, None))
+    inner, prefilter = _window_scorer(comp, prompt, Evidence(prompt, "What do cities send?", None, None))
+    assert prefilter is None  # no embedding model: no round 0
 
     def score(ids: torch.Tensor, rows: torch.Tensor, *rest) -> torch.Tensor:
         calls.append(int(ids.numel()))
@@ -161,7 +162,7 @@ def test_single_window_ranks_units_as_one_direct_pass(tokenizer) -> None:
         use_chat_template=cfg.use_chat_template,
     )
     direct = comp.score_prompt(prompt)
-    scorer = _window_scorer(comp, prompt, Evidence(prompt, "Who left?", None, None))
+    scorer, _ = _window_scorer(comp, prompt, Evidence(prompt, "Who left?", None, None))
     windowed = score_in_windows(prompt, 1024, cfg.scoring.query, scorer)
     doc = prompt.documents[0]
     units = token_units(doc.ends, sentence_spans(doc.text), 0, 64)
@@ -190,7 +191,7 @@ def test_window_option_sizes_the_windows_of_prompts_the_model_cannot_take(tokeni
 
     def score(ids: torch.Tensor, rows: torch.Tensor, *rest) -> torch.Tensor:
         lengths.append(int(ids.numel()))
-        return _window_scorer(small, long, Evidence(long, "Who left?", None, None))(ids, rows, *rest)
+        return _window_scorer(small, long, Evidence(long, "Who left?", None, None))[0](ids, rows, *rest)
 
     def prompt_of(text: str):
         return build_prompt(
@@ -215,3 +216,28 @@ def test_window_option_is_validated(bad) -> None:
 
     with pytest.raises(ValueError, match="window"):
         GemFilterConfig(window=bad)
+
+
+def test_prefilter_round_keeps_the_best_units_without_a_pass(tokenizer) -> None:
+    """Round 0 values units without a pass; only the best ``prefilter_tokens`` reach the passes, and every
+    unit it drops ranks below every unit that went on."""
+    text, prompt = _decoy_prompt(tokenizer, 80, 40)
+    seen: list[list] = []
+
+    def score(ids: torch.Tensor, rows: torch.Tensor, start: int, units: list, region: list) -> torch.Tensor:
+        seen.append(list(region))
+        return torch.arange(len(units), dtype=torch.float64)  # any values: the later units win
+
+    def prefilter(region: list) -> torch.Tensor:
+        return torch.tensor([float(a) for a, _ in region])  # prefers late units
+
+    scores = score_in_windows(prompt, 120, "last", score, prefilter=prefilter, prefilter_tokens=60)
+    passed = {u for r in seen for u in r}
+    assert sum(b - a for a, b in passed) <= 60  # only the prefilter's best 60 tokens met a pass
+    assert len(seen) == 1  # they fit one window: a single pass
+    doc = prompt.documents[0]
+    units = token_units(doc.ends, sentence_spans(text), 0, (120 - (prompt.length - prompt.context_tokens)) // 8)
+    values = unit_scores(scores, units)
+    passed_values = [v for u, v in zip(units, values.tolist(), strict=True) if u in passed]
+    dropped = [v for u, v in zip(units, values.tolist(), strict=True) if u not in passed]
+    assert min(passed_values) >= 1.0 - 1e-5 > max(dropped)
