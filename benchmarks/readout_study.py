@@ -148,7 +148,10 @@ def run_item(
     row("rag", fill_budget(readout, [item.documents[d] for d in order], budget), t_embed)
 
     (prompt,) = build_prompts(readout, [(item.documents, item.question)])
-    if prompt.context_tokens <= budget:
+    if prompt.context_tokens <= budget:  # every method keeps the whole context: no pass
+        full = "\n\n".join(item.documents)
+        for method in ("layer14", "layer14+share", *("readout:" + v for v in READOUT_VARIANTS), "minilm-sentences"):
+            row(method, full, 0.0)
         return rows
     rows_q = query_positions(prompt.length, prompt.query_start, readout.config.scoring.query)
     t0 = time.perf_counter()
