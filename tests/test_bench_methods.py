@@ -269,3 +269,12 @@ def test_quiet_stdout_of_json_helpers():
     for r in public_rows([{"id": "1", "text": "secret", "recall": True}]):
         buf.write(json.dumps(r))
     assert "secret" not in buf.getvalue()
+
+
+def test_demo_items_come_from_the_eval_splits():
+    from gemfilter_rag.data import HOTPOT_EVAL, NQ_EVAL
+
+    data = json.loads((Path(__file__).resolve().parent.parent / "examples" / "demo_data.json").read_text())
+    assert len(data["two_hop"]) == 2 and len(data["single_passage"]) == 2 and len(data["nq_passages"]) == 40
+    assert all(r["record"] in HOTPOT_EVAL and len(r["paragraphs"]) == 10 for r in data["two_hop"])
+    assert all(r["line"] in NQ_EVAL for r in [*data["single_passage"], *data["nq_passages"]])
