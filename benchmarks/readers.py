@@ -180,6 +180,7 @@ class Reader:
         self._cache: dict[str, str] | None = None
         self.calls = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     @property
     def model_tokenizer(self) -> tuple[Any, Any]:
@@ -220,9 +221,10 @@ class Reader:
         key = self._key(context, question)
         if key not in cache:
             model, tok = self.model_tokenizer
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             cache[key] = greedy_answer(tok, model, context, question, self.max_new_tokens)
             self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.process_time() - c0
             self.calls += 1
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache_path, "a", encoding="utf-8") as f:

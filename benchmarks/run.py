@@ -163,14 +163,16 @@ def compress_rows(items: Sequence[Item], cfg: BenchConfig, res: Resources, log: 
             for b in cfg.budgets if spec.budgeted else [None]:
                 row = log.get(name, it.id, m, b)
                 if row is None:
+                    cpu = time.process_time()
                     try:
                         out = spec.fn(it, b or 0, res)
                     except Exception as err:  # noqa: BLE001 - a failing method is recorded, the run goes on
                         out = Output("", 0.0, error=f"{type(err).__name__}: {err}"[:500])
+                    out.extra["cpu_s"] = round(time.process_time() - cpu, 4)  # the run's own CPU time (sizing)
                     row = score_output(it, m, b, out, res)
                     log.add(row)
                 rows.append(row)
-        res.gemfilter.forget()
+        res.forget()
     by_id = {it.id: it for it in items}
     for m in methods:
         spec = METHODS[m]
@@ -392,7 +394,9 @@ def _write(
     cfg = res.cfg
     results["lingua"] = res.lingua_info
     results["gemfilter_calls"] = {"shared": res.gemfilter.shared, "fallback": res.gemfilter.fallback}
-    results["reader_cost"] = {rd.name: {"calls": rd.calls, "seconds": rd.seconds} for rd in readers}
+    results["reader_cost"] = {
+        rd.name: {"calls": rd.calls, "seconds": rd.seconds, "cpu_seconds": rd.cpu_seconds} for rd in readers
+    }
     results["timings_s"]["total"] = elapsed
     rows = public_rows(all_rows)
     results["summary"] = summaries(rows, [rd.name for rd in readers], cfg.seed)

@@ -12,13 +12,18 @@ import pytest
 
 from benchmarks.config import PRESETS, BenchConfig
 from benchmarks.datasets import Item
-from benchmarks.methods import METHODS, GemFilterRunner, keep_in_order, sentence_chunks
+from benchmarks.methods import METHODS, GemFilterRunner, Stopwatch, keep_in_order, sentence_chunks
 
 WORDS = ["paris", "tower", "river", "cake", "robot", "violin", "granary", "copper"]
 
 
 class FakeRes:
     """Resources stand-in: one token per whitespace word, bag-of-words embeddings over ``WORDS``."""
+
+    embed_actual_s = embed_charged_s = 0.0
+
+    def stopwatch(self) -> Stopwatch:
+        return Stopwatch(self)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
