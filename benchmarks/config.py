@@ -59,8 +59,9 @@ class BenchConfig:
         nq_path: NQ-open oracle JSONL(.gz); None: ``shared/data/nq_open_oracle_dev.jsonl.gz``.
         output_dir: where JSON, JSONL and PNG results go.
         lingua_timeout_s: wall-clock limit of the LongLLMLingua subprocess, per data set.
-        lingua_items: LongLLMLingua runs on this many items per data set (evenly spread; None: all):
-            its cost per item is many times GemFilter's.
+        lingua_items: LongLLMLingua runs on this many items per data set (evenly spread over the items the
+            readers answer, so its accuracy is measured on all of them; None: all): its cost per item is
+            many times GemFilter's.
         lingua_budgets: the budgets LongLLMLingua runs at (None: all).
         gemfilter_calls: "shared" (one real ``compress`` per item and scoring, the other budgets
             re-selected from its scores and spot-checked against ``compress``; see

@@ -161,8 +161,8 @@ def rate_table(summary: dict[str, Any], scope: str, where: str, key: str, budget
             e = _find(summary, scope, where, m, b)
             cells.append(fmt(e[key]) if e and e[key]["n"] else "–")
         if any(c != "–" for c in cells):
-            star = " **(default)**" if m == DEFAULT_METHOD else ""
-            lines.append(f"| {label(m)}{star} | " + " | ".join(cells) + " |")
+            name = f"**{label(m)}**" if m == DEFAULT_METHOD else label(m)  # the shipped default in bold
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -179,7 +179,8 @@ def compress_rows(items: Sequence[Item], cfg: BenchConfig, res: Resources, log: 
         if spec.batch is None:
             continue
         budgets = cfg.lingua_budgets or cfg.budgets
-        subset = spread(items, cfg.lingua_items)
+        # drawn from the items the readers answer, so that its accuracy is measured on all of them
+        subset = spread(spread(items, cfg.answer_items if cfg.answer else None), cfg.lingua_items)
         todo = [it for it in subset if any(log.get(name, it.id, m, b) is None for b in budgets)]
         if todo:
             print(f"{name}: {m} on {len(todo)} items x {len(budgets)} budgets ...", flush=True)

@@ -283,3 +283,29 @@ def test_demo_items_come_from_the_eval_splits():
     assert len(data["two_hop"]) == 2 and len(data["single_passage"]) == 2 and len(data["nq_passages"]) == 40
     assert all(r["record"] in HOTPOT_EVAL and len(r["paragraphs"]) == 10 for r in data["two_hop"])
     assert all(r["line"] in NQ_EVAL for r in [*data["single_passage"], *data["nq_passages"]])
+
+
+def test_embeddings_are_encoded_once_and_charged_on_every_use():
+    from benchmarks.methods import Resources
+
+    encoded: list[list[str]] = []
+
+    class Encoder:
+        def encode(self, texts, **kwargs):
+            encoded.append(list(texts))
+            return FakeRes().embed(texts)
+
+    res = Resources(BenchConfig())
+    res.__dict__["embedder"] = Encoder()  # the cached property, without loading MiniLM
+    res.embed_actual_s = 0.0
+    with res.stopwatch() as first:
+        a = res.embed(["paris tower", "river cake"])
+    with res.stopwatch() as second:
+        b = res.embed(["river cake", "paris tower", "violin"])
+    assert encoded == [["paris tower", "river cake"], ["violin"]]  # only new texts are encoded
+    assert np.allclose(a[0], b[1]) and b.shape == (3, len(WORDS))
+    # the second block is charged the recorded encoding time of all three texts, not just the new one
+    assert res.embed_charged_s >= res.embed_actual_s and second.seconds >= 0.0 and first.seconds >= 0.0
+    res.forget()
+    res.embed(["paris tower"])
+    assert encoded[-1] == ["paris tower"]  # forgotten after the item
