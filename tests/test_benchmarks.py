@@ -66,6 +66,10 @@ def test_contains_answer_respects_word_boundaries():
     assert not contains_answer("anything", [""])
     assert answer_correct("The answer is Paris.", ["paris", "Lyon"])
     assert not answer_correct("London", ["Paris"])
+    # only the answer line counts: "Answer:" labels are dropped, an echoed prompt or context is not read
+    assert answer_correct("Answer:\nThe code is 7734.", ["7734"])
+    assert answer_correct("Answer: 1978\nContext: ...", ["1978"])
+    assert not answer_correct("Answer the question with a short phrase.\n\nContext: signed in 1978", ["1978"])
 
 
 def test_ratio_and_summarize():
