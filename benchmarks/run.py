@@ -65,11 +65,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """The checked-out commit of this repository (with ``+dirty`` when tracked files changed), if any."""
+    """The checked-out commit of this repository, with ``+dirty`` when tracked files changed (what a run writes
+    itself, ``benchmarks/README.md`` and ``benchmarks/results/``, does not count), if any."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+        own = [":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results"]
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno", "--", ".", *own], cwd=root, capture_output=True, text=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
