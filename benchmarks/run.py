@@ -31,6 +31,22 @@ from .readers import ANSWER_PROMPT, READERS, Reader, greedy_answer
 
 __all__ = ["ANSWER_PROMPT", "greedy_answer", "main"]
 
+RESUMABLE_FIELDS = frozenset(
+    {
+        "output_dir",
+        "readers",
+        "answer",
+        "answer_items",
+        "answer_budgets",
+        "answer_full_max_tokens",
+        "max_new_tokens",
+        "lingua_items",
+        "lingua_budgets",
+        "lingua_timeout_s",
+    }
+)
+"""Configuration fields a resumed run may change without starting its work file again."""
+
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads and library versions of this machine."""
@@ -337,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             readers.append(Reader(name, cfg.max_new_tokens, loaded=shared))
     commit = git_commit()
     fingerprint = {
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "readers", "answer")},
+        # what decides the compressed rows (answers are cached apart, by content; LongLLMLingua rows by item)
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_FIELDS},
         "commit": commit,
         "filter_layer": res.base.filter_layer,
         "filter_config": repr(res.base.config),
