@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -65,16 +64,14 @@ def bootstrap_ci(
     """Percentile bootstrap interval of the mean of ``values``, resampling items (or whole clusters)."""
     if not values:
         return float("nan"), float("nan")
+    import numpy as np
+
     groups = _groups(len(values), clusters)
-    sums = [sum(float(values[i]) for i in g) for g in groups]
-    sizes = [len(g) for g in groups]
-    rng = random.Random(seed)
-    m = len(groups)
-    stats = []
-    for _ in range(n_boot):
-        pick = [rng.randrange(m) for _ in range(m)]
-        stats.append(sum(sums[j] for j in pick) / sum(sizes[j] for j in pick))
-    stats.sort()
+    sums = np.array([sum(float(values[i]) for i in g) for g in groups])  # (M,)
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)  # (M,)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(groups), size=(n_boot, len(groups)))  # (B, M) resampled clusters
+    stats = np.sort(sums[pick].sum(axis=1) / sizes[pick].sum(axis=1)).tolist()  # (B,)
     return _percentile(stats, (1 - level) / 2), _percentile(stats, 1 - (1 - level) / 2)
 
 
