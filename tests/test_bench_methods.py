@@ -309,3 +309,24 @@ def test_embeddings_are_encoded_once_and_charged_on_every_use():
     res.forget()
     res.embed(["paris tower"])
     assert encoded[-1] == ["paris tower"]  # forgotten after the item
+
+
+def test_needle_items_follow_the_grid_and_hold_their_needle(monkeypatch):
+    from tinymodels import TRAINING_TEXT, build_tokenizer
+
+    import gemfilter_rag.data
+    from benchmarks.datasets import build_needle, needle_depths
+    from gemfilter_rag.needles import NEEDLES
+
+    class TokRes:
+        tokenizer = build_tokenizer()
+
+    monkeypatch.setattr(gemfilter_rag.data, "essays_haystack", lambda: TRAINING_TEXT * 6)
+    cfg = BenchConfig(needle_grid=((300, 2, 3), (600, 1, 2)), budgets=(64,), max_context_tokens=600)
+    items = build_needle(cfg, TokRes())  # type: ignore[arg-type]
+    assert len(items) == 2 * 3 + 1 * 2 and len({it.id for it in items}) == len(items)
+    assert needle_depths(3) == [0.1667, 0.5, 0.8333]
+    for it in items:
+        needle = NEEDLES[it.meta["needle"]]
+        assert it.question == needle.question and needle.fact in it.documents[it.meta["needle_chunk"]]
+        assert sum(needle.fact in d for d in it.documents) == 1
