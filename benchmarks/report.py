@@ -60,8 +60,10 @@ def rate(rows: Sequence[Row], key: str, seed: int = 0) -> dict[str, Any]:
         return {"k": k, "n": n, "rate": k / n, "low": lo, "high": hi, "interval": "cluster bootstrap"}
     from .stats import wilson
 
-    lo, hi = wilson(k, n) if n else (float("nan"), float("nan"))
-    return {"k": k, "n": n, "rate": k / n if n else None, "low": lo, "high": hi, "interval": "wilson"}
+    if not n:  # nothing measured (e.g. no answers at this budget): None, not NaN, in the JSON
+        return {"k": 0, "n": 0, "rate": None, "low": None, "high": None, "interval": "wilson"}
+    lo, hi = wilson(k, n)
+    return {"k": k, "n": n, "rate": k / n, "low": lo, "high": hi, "interval": "wilson"}
 
 
 def fmt(r: dict[str, Any]) -> str:
