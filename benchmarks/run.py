@@ -268,7 +268,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--preset", default="quick", help="quick (a smoke run, < 20 min on 2 CPU cores) or standard")
     p.add_argument("--datasets", nargs="+", help=f"subset of {sorted(DATASETS)}")
-    p.add_argument("--methods", nargs="+", help=f"subset of {sorted(METHODS)} (every data set)")
+    p.add_argument("--methods", nargs="+", help=f"subset of {sorted(METHODS)} (restricts every data set)")
     p.add_argument("--readers", nargs="*", help=f"subset of {sorted(READERS)}; none: no answers")
     p.add_argument("--budgets", nargs="+", type=int)
     p.add_argument("--n", type=int, help="items per data set (replaces the preset's sizes)")
@@ -302,15 +302,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         }.items()
         if v is not None
     }
+    base = preset(args.preset)
     if args.methods is not None:
-        overrides.update(methods=tuple(args.methods), dataset_methods={})
+        # --methods restricts every data set; a data set's own shorter list (needles) stays as short
+        restricted = {ds: tuple(m for m in ms if m in args.methods) for ds, ms in base.dataset_methods.items()}
+        overrides.update(methods=tuple(args.methods), dataset_methods=restricted)
     if args.n is not None:
         overrides.update(n=args.n, sizes={})
     if args.readers is not None:
         overrides["readers"] = tuple(args.readers)
     if args.no_answer:
         overrides["answer"] = False
-    base = preset(args.preset)
     if args.budgets is not None:
         keep = tuple(b for b in base.answer_budgets or () if b in args.budgets) or None
         overrides.setdefault("answer_budgets", keep)

@@ -330,3 +330,13 @@ def test_needle_items_follow_the_grid_and_hold_their_needle(monkeypatch):
         needle = NEEDLES[it.meta["needle"]]
         assert it.question == needle.question and needle.fact in it.documents[it.meta["needle_chunk"]]
         assert sum(needle.fact in d for d in it.documents) == 1
+
+
+def test_command_line_methods_restrict_every_data_set():
+    from benchmarks.run import config_from_args, parse_args
+
+    cfg = config_from_args(parse_args(["--preset", "standard", "--methods", "full", "rag", "longllmlingua"]))
+    assert cfg.methods_for("nq") == ("full", "rag", "longllmlingua")
+    assert cfg.methods_for("needle") == ("full", "rag")  # the needles' own list stays without LongLLMLingua
+    cfg = config_from_args(parse_args(["--preset", "quick", "--n", "2", "--budgets", "128", "512", "--readers"]))
+    assert cfg.n_for("nq") == 2 and cfg.budgets == (128, 512) and cfg.readers == ()
