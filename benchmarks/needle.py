@@ -105,7 +105,7 @@ class Reader:
         self.memo: dict[tuple[str, str], str] = {}
 
     def __call__(self, context: str, question: str) -> str:
-        from .run import greedy_answer
+        from .readers import greedy_answer
 
         key = (context, question)
         if key not in self.memo:
