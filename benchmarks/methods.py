@@ -308,7 +308,7 @@ def plain_rag(item: Item, budget: int, res: Resources) -> Output:
 def _paper_token() -> dict[str, Any]:
     from gemfilter_rag.config import ScoringConfig
 
-    return {"scoring": ScoringConfig.paper(), "granularity": "token"}
+    return {"scoring": ScoringConfig.paper(), "granularity": "token", "scorer": "layer"}
 
 
 GEMFILTER_MODES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -320,17 +320,18 @@ GEMFILTER_MODES: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 class GemFilterRunner:
-    """``compress()`` results for every budget of an item, with one filter pass per (item, scoring).
+    """GemFilter results for every mode, budget and retriever-score variant of an item from one filter pass.
 
-    The filter pass does not depend on the budget: the first ``compress`` call of an item (with a
-    given scoring) is real and timed; for the other budgets and for the prior variant the runner
-    re-selects from that call's token scores (``result.details["scores"]``) with the compressor's
-    own selection step, exactly what ``compress`` would do after the same pass. The first
-    ``verify`` derived results of each mode (and data set) are checked against real ``compress`` calls (kept token
-    indices equal); a mismatch or any error switches the runner to plain per-budget ``compress``
-    calls for the rest of the run (``shared=False`` does that from the start). The recorded latency
-    of a derived result is that of the real call's pass plus its own selection: what one
-    ``compress`` call at that budget costs.
+    The pass (``pipeline.run_passes``: layers ``0..r``, the question's attention at each) does not depend
+    on the mode's scoring, its granularity, the budget or the retriever's scores: only what follows it
+    does. So each item gets one timed pass, and each result runs the rest of ``compress`` on it through
+    the library's own pipeline (``score_pass`` with the readout variant the inputs select, or the
+    single-layer scoring of the paper's mode; ``select``; ``assemble``). The first ``verify`` results of
+    each (mode, data set, with scores) are checked against real ``compress`` calls (kept token indices
+    and text equal); a mismatch or any error switches the runner to plain ``compress`` calls for the rest
+    of the run (``shared=False`` does that from the start). A result's latency is the pass plus its own
+    scoring (embedding similarities included) and selection: what one ``compress`` call costs. Prompts
+    beyond the model's positions (scored in windows) always take a real ``compress`` call.
     """
 
     def __init__(self, shared: bool = True, verify: int = 3) -> None:
@@ -338,59 +339,76 @@ class GemFilterRunner:
         self.verify = verify
         self.checked: dict[tuple[str, str, bool], int] = {}
         self.fallback: str | None = None
-        self._memo: dict[tuple[str, str], dict[str, Any]] = {}
+        self._memo: dict[str, dict[str, Any]] = {}
 
     def forget(self) -> None:
-        """Drop the memorised passes (call after each item)."""
+        """Drop the memorised pass (call after each item)."""
         self._memo.clear()
 
     def run(
         self, comp: Any, mode: str, item: Item, budget: int, document_scores: Sequence[float] | None = None
     ) -> Output:
-        # the readout uses the retriever's scores as a feature: a pass with them is another pass
-        key = (repr((comp.filter_layer, comp.config.scoring, comp.config.window, document_scores is not None)), item.id)
-        memo = self._memo.get(key) if self.shared else None
-        if memo is None:
-            t0 = time.perf_counter()
-            result = comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
-            total = time.perf_counter() - t0
-            if self.shared and result.filter_layer is not None:
-                self._memo[key] = {"result": result, "pass_s": total - result.timings.get("select", 0.0)}
-            return self._output(result, total, derived=False)
+        if not self.shared:
+            return self._real(comp, item, budget, document_scores)
         try:
+            state = self._pass(comp, item)
+            if state is None or budget >= state["prompt"].context_tokens:  # windows, or nothing to cut
+                return self._real(comp, item, budget, document_scores)
             t0 = time.perf_counter()
-            result = self._derive(comp, item, memo["result"], budget, document_scores)
-            select_s = time.perf_counter() - t0
+            result = self._derive(comp, item, state, budget, document_scores)
+            own_s = time.perf_counter() - t0
             check = (mode, item.dataset, document_scores is not None)
             if self.checked.get(check, 0) < self.verify:
                 real = comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
                 if real.kept_token_indices != result.kept_token_indices or real.text != result.text:
-                    raise AssertionError(f"{mode} at {budget}: the derived selection differs from compress()")
+                    raise AssertionError(f"{mode} at {budget}: the shared pass gave another selection than compress()")
                 self.checked[check] = self.checked.get(check, 0) + 1
         except Exception as err:  # noqa: BLE001 - any doubt: plain compress() calls from here on
             self.shared, self.fallback = False, f"{type(err).__name__}: {err}"[:300]
             self._memo.clear()
-            return self.run(comp, mode, item, budget, document_scores)
-        return self._output(result, memo["pass_s"] + select_s, derived=True)
+            return self._real(comp, item, budget, document_scores)
+        return self._output(result, state["pass_s"] + own_s, derived=True)
+
+    def _real(self, comp: Any, item: Item, budget: int, document_scores: Sequence[float] | None) -> Output:
+        t0 = time.perf_counter()
+        result = comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
+        return self._output(result, time.perf_counter() - t0, derived=False)
+
+    def _pass(self, comp: Any, item: Item) -> dict[str, Any] | None:
+        """The item's prompt and timed pass (shared by every mode at the same filter layer), or None when
+        the prompt is longer than the model accepts."""
+        from gemfilter_rag.pipeline import build_prompts, run_passes
+        from gemfilter_rag.scoring import query_positions
+
+        key = f"{item.id}:{comp.filter_layer}:{comp.config.scoring.query}"
+        if key not in self._memo:
+            t0 = time.perf_counter()
+            (prompt,) = build_prompts(comp, [(item.documents, item.question)])
+            if comp.max_positions is not None and prompt.length > comp.max_positions:
+                self._memo[key] = {"prompt": None}
+            else:
+                rows = query_positions(prompt.length, prompt.query_start, comp.config.scoring.query)
+                (passed,) = run_passes(comp, [(prompt.input_ids, rows)], record=True)
+                self._memo[key] = {"prompt": prompt, "pass": passed, "pass_s": time.perf_counter() - t0}
+        state = self._memo[key]
+        return state if state["prompt"] is not None else None
 
     @staticmethod
-    def _derive(comp: Any, item: Item, first: Any, budget: int, document_scores: Sequence[float] | None) -> Any:
-        import torch
-
+    def _derive(
+        comp: Any, item: Item, state: dict[str, Any], budget: int, document_scores: Sequence[float] | None
+    ) -> Any:
         from gemfilter_rag.assemble import assemble
-        from gemfilter_rag.pipeline import keep_tokens
-        from gemfilter_rag.prompt import build_prompt
+        from gemfilter_rag.pipeline import Evidence, readout_for, score_pass, select
+        from gemfilter_rag.prior import check_document_scores
+        from gemfilter_rag.units import prompt_units
 
-        cfg = comp.config
-        prompt = build_prompt(
-            comp.tokenizer, item.documents, item.question, separator=cfg.separator, template=cfg.template,
-            use_chat_template=cfg.use_chat_template,
-        )  # fmt: skip
-        scores = torch.tensor(first.details["scores"], dtype=torch.float32)  # (N,)
-        if budget >= prompt.context_tokens:
-            return comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
-        keep = keep_tokens(comp, prompt, scores, budget, document_scores)
-        return assemble(prompt, item.question, keep, scores, comp.filter_layer, cfg, {})
+        prompt = state["prompt"]
+        scores = check_document_scores(document_scores, len(prompt.documents))
+        units = prompt_units(prompt, comp.config.granularity, budget)
+        evidence = Evidence(prompt, item.question, scores, comp.embedder)
+        found = score_pass(comp, prompt, state["pass"], units, evidence, readout_for(comp, scores is not None))
+        keep = select(comp, found, units, budget, scores)
+        return assemble(prompt, item.question, keep, found.tokens, comp.filter_layer, comp.config, {})
 
     @staticmethod
     def _output(result: Any, seconds: float, derived: bool) -> Output:
