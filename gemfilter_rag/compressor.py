@@ -94,8 +94,7 @@ class GemFilterCompressor:
                     f"{self.filter_layer}; leave filter_layer unset or use scorer='layer'."
                 )
             return None
-        heads = attention_heads(self.model.config)
-        if found is not None and found.heads != heads:
+        if found is not None and found.heads != (heads := attention_heads(self.model.config)):
             raise ValueError(f"profile: its readout is for {found.heads} heads, this model has {heads}.")
         if found is None and scorer == "readout":
             raise ValueError(
