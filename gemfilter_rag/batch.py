@@ -109,22 +109,26 @@ def compress_prompts(
     prompts: Sequence[FilterPrompt],
     queries: Sequence[str],
     *,
-    top_k: int | None = None,
+    top_k: int | None | Sequence[int | None] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    document_scores: Sequence[Sequence[float] | None] | None = None,
 ) -> list[CompressionResult]:
     """Compress built prompts; the items that need a filter pass share batched passes.
 
+    ``top_k`` is one budget for every item or one per item (None: ``config.top_k``);
+    ``document_scores`` is None or, per item, its retriever scores (or None), as in ``compress``.
     Items are grouped by length (longest first) to waste little padding; results come back in
     input order. ``timings["filter"]`` of an item is the time of the pass it shared.
     """
     from .compressor import _assemble
 
-    budget = check_top_k(compressor.config.top_k if top_k is None else top_k)
-    check_batch_size(batch_size)
     n = len(prompts)
+    budgets = _budgets(compressor, top_k, n)
+    priors = _priors(document_scores, prompts)
+    check_batch_size(batch_size)
     scores: list[torch.Tensor | None] = [None] * n
     filter_time = [0.0] * n
-    todo = sorted((i for i in range(n) if budget < prompts[i].context_tokens), key=lambda i: -prompts[i].length)
+    todo = sorted((i for i in range(n) if budgets[i] < prompts[i].context_tokens), key=lambda i: -prompts[i].length)
     for s in range(0, len(todo), batch_size):
         group = todo[s : s + batch_size]
         t0 = time.perf_counter()
@@ -143,7 +147,7 @@ def compress_prompts(
             layer = None
         else:
             sc = found
-            keep = compressor._select(prompt, sc, budget)
+            keep = compressor._select(prompt, sc, budgets[i], priors[i])
             layer = compressor.filter_layer
         select = time.perf_counter() - t0
         result = _assemble(
@@ -166,17 +170,56 @@ def compress_batch(
     *,
     top_k: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    document_scores: Sequence[Sequence[float] | None] | None = None,
 ) -> list[CompressionResult]:
-    """``compress`` over several (documents, query) pairs with batched filter passes, in input order."""
+    """``compress`` over several (documents, query) pairs with batched filter passes, in input order.
+
+    ``document_scores``: None, or one entry per item: that item's retriever scores, or None.
+    """
     checked = check_items(items)
     t0 = time.perf_counter()
     prompts = build_prompts(compressor, checked)
     tokenize = (time.perf_counter() - t0) / max(1, len(checked))
-    results = compress_prompts(compressor, prompts, [q for _, q in checked], top_k=top_k, batch_size=batch_size)
+    results = compress_prompts(
+        compressor,
+        prompts,
+        [q for _, q in checked],
+        top_k=top_k,
+        batch_size=batch_size,
+        document_scores=document_scores,
+    )
     for r in results:
         r.timings["tokenize"] = tokenize
         r.timings["total"] += tokenize
     return results
+
+
+def _budgets(compressor: GemFilterCompressor, top_k: Any, n: int) -> list[int]:
+    """One checked budget per item from ``top_k``: None, one int, or one int (or None) per item."""
+    default = compressor.config.top_k
+    if top_k is None or isinstance(top_k, (str, bytes)) or not isinstance(top_k, Sequence):
+        return [check_top_k(default if top_k is None else top_k)] * n
+    if len(top_k) != n:
+        raise ValueError(f"top_k: has {len(top_k)} budgets for {n} items; pass one int, or one per item.")
+    return [check_top_k(default if k is None else k) for k in top_k]
+
+
+def _priors(document_scores: Any, prompts: Sequence[FilterPrompt]) -> list[list[float] | None]:
+    """One checked list of retriever scores (or None) per item."""
+    from .prior import check_document_scores
+
+    if document_scores is None:
+        return [None] * len(prompts)
+    if isinstance(document_scores, (str, bytes)) or not isinstance(document_scores, Sequence):
+        raise TypeError(
+            f"document_scores: expected one list of scores (or None) per item, got {type(document_scores).__name__}."
+        )
+    if len(document_scores) != len(prompts):
+        raise ValueError(
+            f"document_scores: has {len(document_scores)} entries for {len(prompts)} items; pass one per item "
+            "(None for an item without scores)."
+        )
+    return [check_document_scores(s, len(p.documents)) for s, p in zip(document_scores, prompts, strict=True)]
 
 
 def _pad_id(tokenizer: Any) -> int:
