@@ -1,4 +1,4 @@
-"""The ``gemfilter`` command: ``compress``, ``calibrate`` and ``explain``."""
+"""The ``gemfilter`` command: ``compress``, ``calibrate``, ``explain`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="write an HTML page showing what was kept and why")
     _compress_options(p)
     p.add_argument("--out", "-o", default="gemfilter-explain.html", help="HTML file to write")
+
+    from .serve.command import add_arguments
+
+    p = sub.add_parser("serve", help="serve compression over HTTP (pip install 'gemfilter-rag[serve]')")
+    add_arguments(p)
     return parser
 
 
@@ -91,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compress(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "serve":
+            from .serve.command import run
+
+            return run(args)
         return _explain(args)
     except UsageError as err:
         print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)
@@ -98,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def _read_documents(files: Sequence[str]) -> list[str]:

@@ -1,0 +1,105 @@
+"""``gemfilter serve`` and ``python -m gemfilter_rag.serve``: options, and a real process with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gemfilter_rag import CompressionResult, GemFilterCompressor, cli
+from gemfilter_rag.serve import ServeSettings
+from gemfilter_rag.serve.command import settings_from
+from gemfilter_rag.serve.testing import without_timings
+
+DOCS = [
+    "Cities send messages. New York tells you that you should make more money.",
+    "Startups in 2005 could be started for far less money than in 1995. Servers were cheaper.",
+]
+QUERY = "What does New York tell you?"
+
+
+def test_help_lists_every_limit_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = ServeSettings()
+    for flag, value in [
+        ("--max-batch", defaults.max_batch),
+        ("--max-wait-ms", defaults.max_wait_ms),
+        ("--max-queue", defaults.max_queue),
+        ("--max-request-bytes", defaults.max_request_bytes),
+        ("--max-documents", defaults.max_documents),
+        ("--max-context-tokens", defaults.max_context_tokens),
+        ("--drain-timeout", defaults.drain_timeout_s),
+    ]:
+        assert flag in text and f"(default {value})" in text
+    for flag in ("--model", "--profile", "--host", "--port", "--ray", "--replicas", "--num-gpus", "--ray-address"):
+        assert flag in text
+
+
+def test_flags_become_settings() -> None:
+    args = cli.build_parser().parse_args(["serve", "--max-batch", "16", "--max-queue", "5", "--max-wait-ms", "2.5"])
+    assert settings_from(args) == ServeSettings(max_batch=16, max_queue=5, max_wait_ms=2.5)
+
+
+def test_bad_settings_exit_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--max-batch", "0"]) == 2
+    assert "--max-batch" in capsys.readouterr().err
+    assert cli.main(["serve", "--profile", "/no/such/profile.json"]) == 2
+    assert "--profile" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_real_server_process_answers_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    from tinymodels import build_model, build_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    build_model("llama").save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gemfilter_rag.serve", "--model", str(model_dir), "--device", "cpu"]
+        + ["--port", str(port), "--max-batch", "4", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the process loads torch and the model first
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up within 120 s"
+            time.sleep(0.2)
+        response = httpx.post(url + "/v1/compress", json={"documents": DOCS, "query": QUERY, "top_k": 8}, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert response.status_code == 200, response.text
+    local: Any = GemFilterCompressor.from_pretrained(str(model_dir), device="cpu").compress(DOCS, QUERY, top_k=8)
+    assert without_timings(CompressionResult.from_dict(response.json())) == without_timings(local)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
