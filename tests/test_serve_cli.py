@@ -103,3 +103,36 @@ def test_a_real_server_process_answers_and_exits_cleanly_on_sigterm(tmp_path: Pa
     assert without_timings(CompressionResult.from_dict(response.json())) == without_timings(local)
     assert proc.returncode == 0, output
     assert "Traceback" not in output
+
+
+def test_the_core_and_the_cli_work_without_the_serve_extras() -> None:
+    code = (
+        "import sys\n"
+        "BLOCKED = {'fastapi', 'uvicorn', 'ray', 'prometheus_client', 'starlette'}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import gemfilter_rag, gemfilter_rag.serve, gemfilter_rag.remote, gemfilter_rag.serve.command\n"
+        "from gemfilter_rag import cli\n"
+        "try:\n"
+        "    from gemfilter_rag.serve import create_app\n"
+        "except ImportError as err:\n"
+        "    print('create_app:', err)\n"
+        "print('exit', cli.main(['serve', '--port', '1']))\n"
+        "print('loaded', sorted({m.split('.')[0] for m in sys.modules} & BLOCKED))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "create_app: gemfilter serve needs fastapi" in out.stdout
+    assert "pip install 'gemfilter-rag[serve]'" in out.stdout and "pip install 'gemfilter-rag[serve]'" in out.stderr
+    assert "exit 1" in out.stdout and "loaded []" in out.stdout
+
+
+def test_the_remote_client_says_what_to_install_without_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gemfilter_rag import RemoteGemFilterCompressor
+
+    monkeypatch.setitem(sys.modules, "httpx", None)  # import httpx now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'gemfilter-rag\[serve\]'"):
+        RemoteGemFilterCompressor("http://127.0.0.1:1").compress(DOCS, QUERY)
