@@ -161,6 +161,7 @@ def test_non_finite_scores_get_the_library_message(client: TestClient, comp: Gem
         (b'{"documents": ["a"], "query": "q", "options": [1]}', "options", "expected an object"),
         (b'{"documents": ["a"], "query": "q", "document_scores": 3}', "document_scores", "array of numbers"),
         (b"", "body", "not valid JSON"),
+        (b"[" * 200_000 + b"]" * 200_000, "body", "not valid JSON"),  # nested past Python's recursion limit
     ],
 )
 def test_malformed_requests_name_the_field_and_the_fix(client: TestClient, body: bytes, field: str, words: str) -> None:

@@ -176,6 +176,22 @@ def test_a_client_that_disconnects_while_queued_leaves_the_queue(comp: GemFilter
     assert m["gemfilter_batch_size_count"] == 2, "the abandoned request must not run"
 
 
+def test_a_client_that_disconnects_while_sending_is_no_server_error(comp: GemFilterCompressor) -> None:
+    with running_server(comp, ServeSettings(max_wait_ms=0)) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:  # promises 1,000 bytes, sends 20, leaves
+            sock.sendall(
+                b"POST /v1/compress HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b'{"documents": ["a", '
+            )
+        wait_until(
+            lambda: metrics(live.url)["gemfilter_errors_total{kind=client_disconnected}"] == 1, what="the disconnect"
+        )
+        after = post(live.url, request(0))
+        m = metrics(live.url)
+    assert m["gemfilter_errors_total{kind=internal}"] == 0
+    assert after.status_code == 200
+
+
 def test_a_request_of_the_maximum_size_is_served_beside_small_ones(comp: GemFilterCompressor) -> None:
     limit_docs, limit_bytes = 8, 2_500  # about the tiny model's 1,024 positions
     docs = [TEXTS[i % len(TEXTS)] for i in range(limit_docs)]

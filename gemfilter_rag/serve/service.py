@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ..batch import compress_prompts
@@ -141,7 +141,10 @@ class CompressionService:
         return JSONResponse(result_json(result))
 
     async def _compress(self, request: Request) -> CompressionResult | None:
-        body = await self._read_body(request)
+        try:
+            body = await self._read_body(request)
+        except ClientDisconnect:  # the client went away while sending
+            return None
         req = _parse(body)
         if len(req.documents) > self.settings.max_documents:
             raise ServiceError(
@@ -326,7 +329,7 @@ def result_json(result: CompressionResult) -> dict[str, Any]:
 def _parse(body: bytes) -> CompressRequest:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
         raise ServiceError(
             422,
