@@ -25,6 +25,31 @@ DEPLOYMENT_NAME = "GemFilter"
 APP_NAME = "gemfilter"
 
 
+class ReplicaApp:
+    """The ASGI app a replica serves: it loads the model and builds ``create_app`` on the replica, at its
+    first call (Ray Serve's lifespan startup), so that only these arguments travel to the replica."""
+
+    def __init__(self, load: dict[str, Any], settings: ServeSettings) -> None:
+        self.load = load
+        self.settings = settings
+        self._app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            from ..compressor import GemFilterCompressor
+            from .app import create_app
+
+            self._app = create_app(GemFilterCompressor.from_pretrained(**self.load), self.settings)
+        await self._app(scope, receive, send)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"load": self.load, "settings": self.settings, "_app": None}  # never ship a loaded model
+
+
+class GemFilterReplica:
+    """One replica of the deployment: Ray wraps it around ``ReplicaApp`` (``serve.ingress``)."""
+
+
 def deployment(
     model: str | None = None,
     *,
@@ -54,16 +79,7 @@ def deployment(
     settings = settings or ServeSettings()
     load = {"model": model, "device": device, **({"profile": profile} if profile else {}), **(options or {})}
 
-    def build_asgi_app() -> Any:  # runs on the replica, when it starts
-        from gemfilter_rag.compressor import GemFilterCompressor
-        from gemfilter_rag.serve.app import create_app
-
-        return create_app(GemFilterCompressor.from_pretrained(**load), settings)
-
-    class GemFilterReplica:
-        """One replica: the FastAPI app of ``gemfilter serve`` around its own model."""
-
-    replica = serve.ingress(build_asgi_app)(GemFilterReplica)
+    replica = serve.ingress(ReplicaApp(load, settings))(GemFilterReplica)
     config: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "max_ongoing_requests": max_ongoing_requests or settings.max_batch + settings.max_queue,
