@@ -81,7 +81,7 @@ def test_a_real_server_process_answers_and_exits_cleanly_on_sigterm(tmp_path: Pa
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # seconds here; minutes on a machine busy with other jobs
         while True:  # the process loads torch and the model first
             assert proc.poll() is None, proc.communicate()[0]
             try:
@@ -89,7 +89,7 @@ def test_a_real_server_process_answers_and_exits_cleanly_on_sigterm(tmp_path: Pa
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "the server did not come up within 120 s"
+            assert time.monotonic() < deadline, "the server did not come up within 600 s"
             time.sleep(0.2)
         response = httpx.post(url + "/v1/compress", json={"documents": DOCS, "query": QUERY, "top_k": 8}, timeout=60)
         proc.send_signal(signal.SIGTERM)

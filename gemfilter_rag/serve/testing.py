@@ -35,7 +35,7 @@ class LiveServer:
 
 
 @contextmanager
-def running_server(compressor: Any, settings: Any = None, *, startup_timeout: float = 60.0) -> Iterator[LiveServer]:
+def running_server(compressor: Any, settings: Any = None, *, startup_timeout: float = 300.0) -> Iterator[LiveServer]:
     """Serve ``create_app(compressor, settings)`` on uvicorn at 127.0.0.1:<free port> while the block runs."""
     from .server import build_server
 
