@@ -279,19 +279,30 @@ def summarize(samples: list[Sample], wall: float) -> dict[str, Any]:
 
 
 def load_runs(
-    model: str | None, bodies: list[dict[str, Any]], expected: list[Any], clients: tuple[int, ...], quick: bool
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The client sweep with batching and without; returns the rows and the server memory."""
-    rows = []
-    memory: dict[str, Any] = {}
-    for mode, flags in (("batching", ["--max-batch", "8"]), ("one at a time", ["--max-batch", "1"])):
-        server = ServerProcess(model, *flags, "--max-wait-ms", "5", "--max-queue", "64")
-        server.wait_ready()
-        memory.setdefault("idle", server.memory_mb())
-        try:
+    model: str | None,
+    bodies: list[dict[str, Any]],
+    expected: list[Any],
+    clients: tuple[int, ...],
+    quick: bool,
+    report: dict[str, Any],
+    save: Any,
+) -> None:
+    """The client sweep with batching and without, into ``report["load"]`` and ``report["memory"]``
+    (saved after every row)."""
+    rows = report.setdefault("load", [])
+    memory = report.setdefault("memory", {})
+    modes = {"batching": ["--max-batch", "8"], "one at a time": ["--max-batch", "1"]}
+    servers = {
+        mode: ServerProcess(model, *flags, "--max-wait-ms", "5", "--max-queue", "64") for mode, flags in modes.items()
+    }
+    try:
+        for mode, server in servers.items():
+            server.wait_ready()
+            memory[f"idle, {mode}"] = server.memory_mb()
             asyncio.run(drive(server.url, bodies[:2], 1, 1))  # warm-up
-            for n in clients:
-                per_client = 2 if quick else max(1, {1: 8, 4: 4, 16: 2}.get(n, 1))
+        for n in clients:  # both servers at each level, so that a run cut short still compares them
+            per_client = 2 if quick else max(1, {1: 8, 4: 4, 16: 2}.get(n, 1))
+            for mode, server in servers.items():  # one server works at a time; the other one idles
                 load0 = os.getloadavg()[0]
                 before = scrape(server.url)
                 samples, wall = asyncio.run(drive(server.url, bodies, n, per_client))
@@ -299,11 +310,12 @@ def load_runs(
                 row["batch"] = batch_sizes(before, scrape(server.url))
                 row["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 rows.append(row)
+                memory[f"after load, {mode}"] = server.memory_mb()
+                save()
                 print(json.dumps(row), flush=True)
-            memory[f"after load, {mode}"] = server.memory_mb()
-        finally:
+    finally:
+        for server in servers.values():
             server.stop()
-    return rows, memory
 
 
 def shedding_run(model: str | None, bodies: list[dict[str, Any]], expected: list[Any], clients: int) -> dict[str, Any]:
@@ -480,6 +492,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['batch']['batches']:.0f} ({r['batch']['mean']:.1f}) | {r['correct']}/{r['accepted']} "
             f"| {r['load_avg_1m'][0]}-{r['load_avg_1m'][1]} |"
         )
+    lines += [
+        "",
+        "Server memory (one process = one replica, MB): "
+        + "; ".join(f"{k}: RSS {v['rss_mb']:.0f}, peak {v['peak_rss_mb']:.0f}" for k, v in report["memory"].items()),
+    ]
+    if "shedding" not in report:
+        return "\n".join(lines + ["", "(the run stopped before the load-shedding and fault stages)"]) + "\n"
     s = report["shedding"]
     lines += [
         "",
@@ -488,6 +507,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"429: {s['rejected_in_s_p95']} s); accepted answers equal to the library's: {s['correct']}/{s['accepted']} "
         f"({s['bit_identical']} bit for bit; the rest differ in score_share below 1e-4 relative).",
     ]
+    if "faults" not in report:
+        return "\n".join(lines + ["", "(the run stopped before the fault stage)"]) + "\n"
     f = report["faults"]
     lines += [
         "",
@@ -498,9 +519,6 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'answered correctly' if f['max_size_ok_and_correct'] else 'FAILED'}, one over it got "
         f"{f['over_limit_status']}; {f['malformed_422']}/{f['malformed']} malformed requests got 422; "
         f"health afterwards: {f['health_after']}; exit code after SIGTERM: {f['exit_code_after_sigterm']}.",
-        "",
-        "Server memory (one process = one replica, MB): "
-        + "; ".join(f"{k}: RSS {v['rss_mb']:.0f}, peak {v['peak_rss_mb']:.0f}" for k, v in report["memory"].items()),
     ]
     return "\n".join(lines) + "\n"
 
@@ -539,8 +557,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 and 4 clients, few requests (a smoke test)")
     parser.add_argument("--model", default=None, help="model directory (default: the embedded SmolLM2-135M)")
     parser.add_argument("--out", default=str(RESULTS), help="output folder")
+    parser.add_argument("--report", action="store_true", help="only write serve.md and serve.png from serve.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.report:
+        report = json.loads((Path(args.out) / "serve.json").read_text())
+        (Path(args.out) / "serve.md").write_text(markdown(report))
+        plot(report, Path(args.out) / "serve.png")
+        print(markdown(report))
+        return 0
     started = time.time()
     report: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     from gemfilter_rag import GemFilterCompressor
@@ -562,8 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         report["minutes"] = round((time.time() - started) / 60, 1)
         (out / "serve.json").write_text(json.dumps(report, indent=2, default=lambda o: asdict(o)) + "\n")
 
-    report["load"], report["memory"] = load_runs(args.model, bodies, expected, clients, args.quick)
-    save()
+    load_runs(args.model, bodies, expected, clients, args.quick, report, save)
     report["shedding"] = shedding_run(args.model, bodies, expected, 16 if args.quick else 64)
     save()
     report["faults"] = fault_run(args.model, bodies, expected, comp, args.quick)
