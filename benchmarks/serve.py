@@ -560,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write serve.md and serve.png from serve.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers (finally blocks) when stopped
     if args.report:
         report = json.loads((Path(args.out) / "serve.json").read_text())
         (Path(args.out) / "serve.md").write_text(markdown(report))
