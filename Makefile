@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml)
 
-.PHONY: venv demo serve test test-fast test-long test-ray lint bench bench-full bench-needle bench-speed bench-serve calibrate clean
+.PHONY: venv demo serve test test-fast test-long test-ray lint bench bench-standard bench-needle bench-speed bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,11 +45,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples
 	$(BIN)/mypy gemfilter_rag
 
-bench: $(STAMP)  ## quick quality benchmark (< 20 min on 2 CPU cores)
+bench: $(STAMP)  ## quick quality benchmark: a smoke run of every data set, method and reader (< 20 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --preset quick
 
-bench-full: $(STAMP)
-	$(BIN)/python -m benchmarks.run --preset full
+bench-standard: $(STAMP)  ## the measurement of issue 13 (hours on 2 CPU cores; resumes after a crash): tables, CIs, plots
+	$(BIN)/python -m benchmarks.run --preset standard
 
 bench-needle: $(STAMP)  ## needle benchmark of every scoring and granularity (issue 4; hours on a CPU), then its report
 	$(BIN)/python -m benchmarks.needle

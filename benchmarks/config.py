@@ -1,4 +1,4 @@
-"""Benchmark configuration: one dataclass, two presets (``quick`` and ``full``)."""
+"""Benchmark configuration: one dataclass, two presets (``quick`` for a smoke run, ``standard`` for the measurement)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,22 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+PEERS: tuple[str, ...] = (
+    "rag",
+    "embeddings-filter",
+    "sentence-embedding-optimizer",
+    "bm25-sentences",
+    "longllmlingua",
+    "gemfilter-token",
+    "gemfilter-sentence",
+    "gemfilter-prior",
+)
+"""Every compressing method of issue 13, the shipped default (``gemfilter-sentence``) among them."""
+
+DEFAULT_METHOD = "gemfilter-sentence"
+"""The shipped default, compared in pairs against plain RAG and every other method."""
+
+
 @dataclass
 class BenchConfig:
     """What one benchmark run measures.
@@ -17,75 +33,106 @@ class BenchConfig:
     Args:
         name: preset name; results go to ``<output_dir>/<name>.json``.
         datasets: registered data set names (see ``benchmarks.datasets.DATASETS``).
-        methods: registered method names (see ``benchmarks.methods.METHODS``).
+        methods: registered method names (see ``benchmarks.methods.METHODS``); ``full`` is the
+            uncompressed context (answered by the readers where it fits, never budgeted).
+        dataset_methods: per data set, the methods to run there instead of ``methods``.
         budgets: token budgets (default model's tokens) every compressing method is held to.
-        n: items per data set (per gold position for NQ), drawn with ``seed``.
-        seed: seed of every sample.
+        n: items per data set (per gold position for NQ), drawn with ``seed``; ``sizes`` overrides it
+            per data set.
+        sizes: items per data set by name (NQ: questions, each at every position).
+        seed: seed of every sample and every bootstrap.
         positions: 1-based gold-passage positions of the NQ 20-document contexts.
         n_docs: documents per NQ context.
         max_context_tokens: cap on SQuAD long-document contexts (whole paragraphs around the answer).
-        needle_lengths / needle_depths / needle_count: the needle grid; needles come from
-            ``gemfilter_rag.needles.NEEDLES``.
-        needle_methods: methods run on the needle grid (at the smallest budget).
-        answer: also generate an answer with the default model (accuracy); recall needs no model.
-        answer_budgets: budgets whose outputs are answered (None: all); full context is always answered.
+        needle_grid: (context length, needles, depths) rows of the needle items; needles come from
+            ``gemfilter_rag.needles.NEEDLES``; lengths beyond the filter model's positions are scored
+            in windows.
+        readers: registered readers (``benchmarks.readers.READERS``) that answer for accuracy.
+        answer: answer with the readers at all (recall needs no model).
+        answer_budgets: budgets whose outputs the readers answer (None: the middle budget); the full
+            context is answered too, where it fits the reader and ``answer_full_max_tokens``.
+        answer_items: per data set, how many items (the same for every method and reader, evenly
+            spread over the sample) get answers; None: all.
+        answer_full_max_tokens: answer the full context only up to this many tokens (cost).
         max_new_tokens: greedy answer length.
-        model: filter/answer model (None: the packaged SmolLM2-135M-Instruct, converted once).
+        model: filter model directory (None: the packaged SmolLM2-135M-Instruct, converted once).
         nq_path: NQ-open oracle JSONL(.gz); None: ``shared/data/nq_open_oracle_dev.jsonl.gz``.
-        output_dir: where JSON and PNG results go.
+        output_dir: where JSON, JSONL and PNG results go.
         lingua_timeout_s: wall-clock limit of the LongLLMLingua subprocess, per data set.
-        batch_max_items: run batch methods (LongLLMLingua) on only the first items of each data set
-            (None: all); its cost per item is many times GemFilter's.
+        lingua_items: LongLLMLingua runs on this many items per data set (evenly spread over the items the
+            readers answer, so its accuracy is measured on all of them; None: all): its cost per item is
+            many times GemFilter's.
+        lingua_budgets: the budgets LongLLMLingua runs at (None: all).
+        gemfilter_calls: "shared" (one real ``compress`` per item and scoring, the other budgets
+            re-selected from its scores and spot-checked against ``compress``; see
+            ``benchmarks.methods.GemFilterRunner``) or "per-budget" (a ``compress`` call for each).
     """
 
     name: str = "custom"
     datasets: tuple[str, ...] = ("hotpotqa", "squad", "nq", "needle")
-    methods: tuple[str, ...] = (
-        "full",
-        "rag",
-        "gemfilter-token",
-        "gemfilter-sentence",
-        "gemfilter-document",
-        "gemfilter-prior",
-        "embeddings-filter",
-        "longllmlingua",
-    )
-    budgets: tuple[int, ...] = (256, 512)
+    methods: tuple[str, ...] = ("full", *PEERS)
+    dataset_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    budgets: tuple[int, ...] = (128, 256, 512)
     n: int = 10
+    sizes: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     positions: tuple[int, ...] = (1, 10, 20)
     n_docs: int = 20
-    max_context_tokens: int = 3000
-    needle_lengths: tuple[int, ...] = (1024, 2048, 4096)
-    needle_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    needle_count: int = 2
-    needle_methods: tuple[str, ...] = ("rag", "gemfilter-sentence")
+    max_context_tokens: int = 2000
+    needle_grid: tuple[tuple[int, int, int], ...] = ((2048, 2, 3), (4096, 2, 3))
+    readers: tuple[str, ...] = ("smollm2", "gemma3-270m")
     answer: bool = True
     answer_budgets: tuple[int, ...] | None = None
+    answer_items: int | None = None
+    answer_full_max_tokens: int = 4096
     max_new_tokens: int = 16
     model: str | None = None
     nq_path: str | None = None
     output_dir: str = str(RESULTS_DIR)
     lingua_timeout_s: float = 900.0
-    batch_max_items: int | None = None
+    lingua_items: int | None = None
+    lingua_budgets: tuple[int, ...] | None = None
+    gemfilter_calls: str = "shared"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n: {self.n} items per data set is too few; use n >= 1.")
+        if self.n < 1 or any(v < 1 for v in self.sizes.values()):
+            raise ValueError(f"n, sizes: {self.n}, {self.sizes} items per data set are too few; use >= 1.")
         if not self.budgets or any(b < 1 for b in self.budgets):
-            raise ValueError(f"budgets: {self.budgets} must be positive token counts, e.g. (256, 512).")
+            raise ValueError(f"budgets: {self.budgets} must be positive token counts, e.g. (128, 256, 512).")
         if any(not 1 <= p <= self.n_docs for p in self.positions):
             raise ValueError(f"positions: {self.positions} must lie in 1..n_docs={self.n_docs}.")
-        if any(not 0.0 <= d <= 1.0 for d in self.needle_depths):
-            raise ValueError(f"needle_depths: {self.needle_depths} must be fractions in [0, 1].")
+        for row in self.needle_grid:
+            if len(row) != 3 or any(not isinstance(v, int) or v < 1 for v in row):
+                raise ValueError(f"needle_grid: {row!r} must be (length, needles, depths), positive ints.")
         if self.max_context_tokens < max(self.budgets):
             raise ValueError(
                 f"max_context_tokens: {self.max_context_tokens} is below the largest budget "
                 f"{max(self.budgets)}; raise it."
             )
+        if self.answer_budgets is None:
+            self.answer_budgets = (sorted(self.budgets)[len(self.budgets) // 2],)
+        if any(b not in self.budgets for b in self.answer_budgets):
+            raise ValueError(f"answer_budgets: {self.answer_budgets} must be among budgets {self.budgets}.")
+        if self.lingua_budgets is not None and any(b not in self.budgets for b in self.lingua_budgets):
+            raise ValueError(f"lingua_budgets: {self.lingua_budgets} must be among budgets {self.budgets}.")
+        if self.gemfilter_calls not in ("shared", "per-budget"):
+            raise ValueError(f"gemfilter_calls: {self.gemfilter_calls!r} is not valid; use 'shared' or 'per-budget'.")
+        unknown = set(self.sizes) - set(self.datasets) - {"nq", "hotpotqa", "squad", "needle"}
+        if unknown:
+            raise ValueError(f"sizes: unknown data set(s) {sorted(unknown)}.")
         self.datasets, self.methods = tuple(self.datasets), tuple(self.methods)
         self.budgets, self.positions = tuple(sorted(self.budgets)), tuple(self.positions)
+        self.needle_grid = tuple(tuple(r) for r in self.needle_grid)  # type: ignore[misc]
+        self.dataset_methods = {k: tuple(v) for k, v in self.dataset_methods.items()}
+
+    def n_for(self, dataset: str) -> int:
+        """Items to draw for ``dataset`` (NQ: questions, each placed at every gold position)."""
+        return self.sizes.get(dataset, self.n)
+
+    def methods_for(self, dataset: str) -> tuple[str, ...]:
+        """The methods run on ``dataset``."""
+        return self.dataset_methods.get(dataset, self.methods)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-able data (recorded with the results)."""
@@ -93,30 +140,30 @@ class BenchConfig:
 
 
 PRESETS: dict[str, BenchConfig] = {
-    # sized from measured per-item costs on a 2-core CPU so that the whole run stays under 20 minutes
+    # sizes and per-item costs: see benchmarks/README.md, "Presets and what they cost"
     "quick": BenchConfig(
         name="quick",
-        n=3,
-        positions=(1, 10, 20),
-        budgets=(256, 512),
-        max_context_tokens=2000,
-        needle_lengths=(1024, 2048, 4096),
-        needle_depths=(0.0, 0.5, 1.0),
-        needle_count=2,
-        batch_max_items=2,
-        answer_budgets=(256,),
+        sizes={"hotpotqa": 12, "squad": 10, "nq": 6},
+        budgets=(128, 256, 512),
+        max_context_tokens=1500,
+        needle_grid=((2048, 3, 3), (4096, 2, 3)),
+        dataset_methods={"needle": ("full", "rag", "embeddings-filter", "bm25-sentences", "gemfilter-sentence")},
+        answer_items=4,
+        lingua_items=2,
+        lingua_budgets=(256,),
         lingua_timeout_s=420.0,
     ),
-    "full": BenchConfig(
-        name="full",
-        n=200,
-        positions=(1, 10, 20),
-        budgets=(256, 512, 1024),
-        max_context_tokens=6000,
-        needle_lengths=(1024, 2048, 4096, 7000),
-        needle_depths=(0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0),
-        needle_count=10,
-        lingua_timeout_s=36000.0,
+    "standard": BenchConfig(
+        name="standard",
+        sizes={"hotpotqa": 300, "squad": 200, "nq": 200},
+        budgets=(128, 256, 512),
+        max_context_tokens=1500,
+        needle_grid=((2048, 5, 10), (4096, 5, 10), (8192, 5, 10), (32768, 2, 5)),
+        dataset_methods={"needle": ("full", *(m for m in PEERS if m not in ("longllmlingua", "gemfilter-token")))},
+        answer_items=30,
+        lingua_items=12,
+        lingua_budgets=(256,),
+        lingua_timeout_s=3600.0,
     ),
 }
 

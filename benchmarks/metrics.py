@@ -25,9 +25,22 @@ def contains_answer(text: str, answers: Sequence[str]) -> bool:
     return any(norm and f" {norm} " in hay for norm in (normalize(a) for a in answers))
 
 
+_LABEL = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
+
+
+def answer_line(prediction: str) -> str:
+    """The reader's answer proper: its first non-empty line, after a leading "Answer:" label.
+
+    A base model (Gemma 3 270M) may go on after its answer by echoing the prompt, context included;
+    only the first line counts, so an echoed context cannot make an answer right.
+    """
+    text = _LABEL.sub("", prediction.strip(), count=1)
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def answer_correct(prediction: str, answers: Sequence[str]) -> bool:
-    """Whether the model's answer contains an accepted answer (normalised), as in lost-in-the-middle."""
-    return contains_answer(prediction, answers)
+    """Whether the reader's answer line contains an accepted answer (normalised), as in lost-in-the-middle."""
+    return contains_answer(answer_line(prediction), answers)
 
 
 def ratio(original_tokens: int, sent_tokens: int) -> float:

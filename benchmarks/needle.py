@@ -32,11 +32,12 @@ from typing import Any
 import torch
 
 from gemfilter_rag import GemFilterCompressor, early_exit
+from gemfilter_rag.assemble import assemble
 from gemfilter_rag.calibration import SCORING_OPTIONS, query_rows, span_tokens
-from gemfilter_rag.compressor import _assemble
 from gemfilter_rag.config import ScoringConfig
 from gemfilter_rag.data import essays_haystack
 from gemfilter_rag.needles import NEEDLES, Probe, answer_found, make_probes
+from gemfilter_rag.pipeline import keep_tokens
 from gemfilter_rag.prompt import FilterPrompt, build_prompt
 from gemfilter_rag.scoring import token_scores
 from gemfilter_rag.sentences import sentence_spans
@@ -104,7 +105,7 @@ class Reader:
         self.memo: dict[tuple[str, str], str] = {}
 
     def __call__(self, context: str, question: str) -> str:
-        from .run import greedy_answer
+        from .readers import greedy_answer
 
         key = (context, question)
         if key not in self.memo:
@@ -166,8 +167,8 @@ def measure_probe(
         for granularity in GRANULARITIES:
             sib = comp.with_options(scoring=option, granularity=granularity)
             for budget in args.budgets:
-                keep = sib._select(prompt, scores, budget)
-                res = _assemble(prompt, probe.question, keep, scores, comp.filter_layer, sib.config, {})
+                keep = keep_tokens(sib, prompt, scores, budget)
+                res = assemble(prompt, probe.question, keep, scores, comp.filter_layer, sib.config, {})
                 kept = bool(torch.isin(needle, keep).all())
                 row("gemfilter", name, granularity, budget, res.text, scored, needle_kept=kept, sent=len(keep))
     scorer.memo.clear()  # the options share the captures of one probe's windows

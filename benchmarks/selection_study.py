@@ -25,10 +25,11 @@ import torch
 
 from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag import compressor as compressor_module
+from gemfilter_rag.assemble import assemble
 from gemfilter_rag.calibration import SCORING_OPTIONS, query_rows
-from gemfilter_rag.compressor import _assemble
 from gemfilter_rag.data import find_data_file
 from gemfilter_rag.early_exit import capture_layers
+from gemfilter_rag.pipeline import keep_tokens
 from gemfilter_rag.prompt import build_prompt
 from gemfilter_rag.scoring import token_scores
 
@@ -189,8 +190,8 @@ def main() -> None:
                     hits = 0
                     for p, c in zip(prompts, cases, strict=True):
                         s = stored[c["question"]][f"{o}@{la}"]
-                        keep = comp._select(p, s, budget, c["scores"])
-                        res = _assemble(p, c["question"], keep, s, la, comp.config, {})
+                        keep = keep_tokens(comp, p, s, budget, c["scores"])
+                        res = assemble(p, c["question"], keep, s, la, comp.config, {})
                         hits += survives(res.text, c["answers"])
                     table[f"{name}|{o}@{la}"] = hits / len(cases)
         results["survival"][str(budget)] = dict(sorted(table.items(), key=lambda kv: -kv[1]))

@@ -151,14 +151,14 @@ ANSWER_INSTRUCTION = "Answer the question using only the context. Reply with a s
 """System-style instruction for the answering model, shared by both pipelines."""
 
 
-def essay_chunks(n_essays: int, chunk_size: int, overlap: int) -> list[Any]:
-    """The first ``n_essays`` essays with the facts planted, split into LangChain Documents with ids."""
+def essay_chunks(n_essays: int, chunk_size: int, overlap: int, facts: list[Fact] = FACTS) -> list[Any]:
+    """The first ``n_essays`` essays with ``facts`` planted, split into LangChain Documents with ids."""
     from langchain_core.documents import Document
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     from gemfilter_rag.data import load_essays
 
-    essays = plant(load_essays()[:n_essays])
+    essays = plant(load_essays()[:n_essays], facts)
     splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=overlap)
     docs = []
     for name, text in essays:
@@ -216,3 +216,15 @@ def set_threads(threads: int | None = None) -> int:
         threads = 1 if busy else min(cores, torch.get_num_threads())
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
+
+
+def snippet(text: str, answers: tuple[str, ...] | list[str], width: int = 90) -> str:
+    """About ``width`` characters of ``text`` around the first accepted answer found in it (case-insensitive)."""
+    flat = re.sub(r"\s+", " ", text)
+    low = flat.lower()
+    hits = [i for i in (low.find(a.lower()) for a in answers if a) if i >= 0]
+    if not hits:
+        return ""
+    at = min(hits)
+    a, b = max(0, at - width // 2), min(len(flat), at + width // 2)
+    return ("..." if a else "") + flat[a:b].strip() + ("..." if b < len(flat) else "")

@@ -1,4 +1,4 @@
-"""The ``gemfilter`` command: ``compress``, ``calibrate``, ``explain`` and ``serve``."""
+"""The ``gemfilter`` command: ``compress``, ``explain``, ``calibrate``, ``train-readout`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     _compress_options(p)
     p.add_argument("--out", "-o", default="gemfilter-explain.html", help="HTML file to write")
 
+    from .training.command import add_parser
+
+    add_parser(sub, _model_options, _positive_int)
+
     from .serve.command import add_arguments
 
     p = sub.add_parser("serve", help="serve compression over HTTP (pip install 'gemfilter-rag[serve]')")
@@ -96,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compress(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "train-readout":
+            from .training.command import run as train
+
+            return train(args, UsageError)
         if args.command == "serve":
             from .serve.command import run
 

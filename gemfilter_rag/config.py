@@ -82,13 +82,19 @@ class GemFilterConfig:
     model's maximum positions. Prompts the model accepts are always scored in one pass. A model may find
     the needle well in short windows and lose it in long ones: the SmolLM2 profile sets 4096 (see its
     profile and benchmarks/README.md)."""
-    prior: Literal["none", "share", "add"] = "share"
-    """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "share" (they share
-    out the budget across documents, GemFilter picks sentences inside each), "add" (their z-score is
-    added to the normalised token scores), or "none" (ignored). See ``gemfilter_rag.prior``."""
+    scorer: Literal["auto", "readout", "layer"] = "auto"
+    """How units are scored: "readout" (the model's trained readout over every head of layers
+    ``0..filter_layer``, ``gemfilter_rag.readout``), "layer" (``scoring`` at the filter layer alone), or
+    "auto" (the readout when the model's profile ships one for ``filter_layer``, else "layer")."""
+    prior: Literal["auto", "none", "share", "add"] = "auto"
+    """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "auto" (a trained
+    readout fuses them as a learned feature; single-layer scoring uses "add"), "add" (their relative score,
+    0 for the best document, is added to the normalised token scores), "share" (they share out the budget
+    across documents by a softmax of their z-scores; can starve a document), or "none" (ignored). See
+    ``gemfilter_rag.prior``."""
     prior_weight: float = 2.0
-    """Strength of the retriever prior: softmax sharpness ("share") or weight of the z-score ("add"). The
-    defaults ("share", 2.0) were chosen on NQ with 20 retrieved passages (benchmarks/selection_study.py)."""
+    """Strength of a rule-based retriever prior: weight of the relative score ("add") or softmax sharpness
+    ("share")."""
 
     def __post_init__(self) -> None:
         if self.filter_layer is not None and (
@@ -108,8 +114,10 @@ class GemFilterConfig:
             raise TypeError(f"separator: expected a str, got {type(self.separator).__name__}.")
         if not isinstance(self.template, str):
             raise TypeError(f"template: expected a str, got {type(self.template).__name__}.")
-        if self.prior not in ("none", "share", "add"):
-            raise ValueError(f"prior: {self.prior!r} is not valid; use 'none', 'share' or 'add'.")
+        if self.prior not in ("auto", "none", "share", "add"):
+            raise ValueError(f"prior: {self.prior!r} is not valid; use 'auto', 'none', 'share' or 'add'.")
+        if self.scorer not in ("auto", "readout", "layer"):
+            raise ValueError(f"scorer: {self.scorer!r} is not valid; use 'auto', 'readout' or 'layer'.")
         if (
             isinstance(self.prior_weight, bool)
             or not isinstance(self.prior_weight, (int, float))

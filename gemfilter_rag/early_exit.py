@@ -52,6 +52,7 @@ class _Armed:
     target_ids: frozenset[int]  # ids of the filter layer's modules (the layer to stop in)
     record: dict[int, int] | None = None  # id(module) -> layer index, for layers captured on the way
     captured: dict[int, LayerCapture] | None = None  # layer index -> capture, filled during the pass
+    observe: Callable[[int, LayerCapture], None] | None = None  # called instead of keeping the capture
 
 
 _ARMED: contextvars.ContextVar[_Armed | None] = contextvars.ContextVar("gemfilter_armed", default=None)
@@ -118,8 +119,12 @@ def _dispatcher(base: str) -> Callable[..., Any]:
             capture = LayerCapture(query.detach(), key.detach(), float(scaling), kwargs.get("sliding_window"))
             if id(module) in armed.target_ids:
                 raise _StopForward(capture)
-            assert armed.record is not None and armed.captured is not None
-            armed.captured[armed.record[id(module)]] = capture
+            assert armed.record is not None
+            if armed.observe is not None:
+                armed.observe(armed.record[id(module)], capture)
+            else:
+                assert armed.captured is not None
+                armed.captured[armed.record[id(module)]] = capture
         if base == "eager":
             fn = _eager_for(module)
         else:
@@ -199,17 +204,25 @@ def _routed(model: nn.Module) -> Iterator[None]:
 
 @torch.inference_mode()
 def capture_layer(
-    model: nn.Module, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    layer: int,
+    attention_mask: torch.Tensor | None = None,
+    observe: Callable[[int, LayerCapture], None] | None = None,
 ) -> LayerCapture:
     """Run ``model`` on ``input_ids`` (B, T) through layer ``layer`` and return its query/key.
 
     Layers ``0..layer-1`` run in full with the model's configured attention; layer ``layer``
     runs up to its query/key projections (RoPE and any q/k norm applied); nothing after it runs.
+    ``observe(i, capture)``, when given, is called with the query/key of every earlier layer ``i``
+    as the pass goes (the readout reduces them to the question's attention there and then, so no
+    layer's query/key outlives its own step).
     """
     layers = decoder_layers(model)
     if not 0 <= layer < len(layers):
         raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{len(layers) - 1}.")
-    armed = _Armed(frozenset(id(m) for m in layers[layer].modules()))
+    record = {id(m): i for i in range(layer) for m in layers[i].modules()} if observe is not None else None
+    armed = _Armed(frozenset(id(m) for m in layers[layer].modules()), record, observe=observe)
     token = _ARMED.set(armed)
     try:
         with _routed(model):

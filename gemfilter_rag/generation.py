@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .batch import DEFAULT_BATCH_SIZE, build_prompts, check_batch_size, check_items, compress_prompts
+from .pipeline import build_prompts, compress_prompts, device_of
 from .prompt import FilterPrompt
 from .result import CompressionResult
+from .validation import DEFAULT_BATCH_SIZE, check_batch_size, check_items
 
 if TYPE_CHECKING:
     from .compressor import GemFilterCompressor
@@ -210,9 +211,7 @@ def generate(
     ids = answer_input_ids(prompt, compression.kept_token_indices)[None]  # (1, T')
     check_answer_length(compressor, int(ids.shape[1]), max_new_tokens)
     t1 = time.perf_counter()
-    from .compressor import _device_of
-
-    device = _device_of(compressor.model)
+    device = device_of(compressor.model)
     clock = _Clock(compressor.tokenizer, stream)
     eos = _eos(compressor, options)
 
@@ -268,9 +267,7 @@ def generate_batch(
     checked = check_items(items)
     options = _generation_kwargs(compressor, max_new_tokens, generation_kwargs)
     check_batch_size(batch_size)
-    from .compressor import _device_of
-
-    device = _device_of(compressor.model)
+    device = device_of(compressor.model)
     eos = _eos(compressor, options)
     pad = int(options["pad_token_id"]) if options["pad_token_id"] is not None else 0
     results: list[GenerationResult | None] = [None] * len(checked)

@@ -92,7 +92,13 @@ def attn_implementation_of(model: Any) -> str:
 
 
 def estimate_pass(
-    model: Any, seq_len: int, query_rows: int, *, batch: int = 1, attn_implementation: str | None = None
+    model: Any,
+    seq_len: int,
+    query_rows: int,
+    *,
+    batch: int = 1,
+    attn_implementation: str | None = None,
+    recorded_layers: int = 0,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one filter pass over ``batch`` prompts of ``seq_len`` tokens.
 
@@ -102,6 +108,7 @@ def estimate_pass(
         query_rows: scoring query rows (Q), e.g. the question's tokens.
         batch: prompts per pass (B).
         attn_implementation: default: the model's configured one.
+        recorded_layers: layers whose question attention the readout keeps, (B, H, T) float32 each.
     """
     s = _shape(model)
     if s is None:
@@ -145,7 +152,10 @@ def estimate_pass(
     parts["capture and scoring"] = scoring
     # the layer's working set and the scoring rows are never alive together; count the larger one
     layer_peak = max(attention, mlp)
-    total = parts["hidden states"] + parts["rotary"] + mask + max(layer_peak, scoring)
+    recorded = recorded_layers * b * s.heads * t * f32  # kept for the whole pass
+    if recorded:
+        parts["recorded attention"] = recorded
+    total = parts["hidden states"] + parts["rotary"] + mask + max(layer_peak, scoring) + recorded
     return MemoryEstimate(total=int(total), parts=parts, seq_len=t, batch=b, attn_implementation=attn)
 
 
@@ -198,7 +208,13 @@ def guard_enabled() -> bool:
 
 
 def check_pass(
-    model: Any, seq_len: int, query_rows: int, *, batch: int = 1, device: torch.device | str | None = None
+    model: Any,
+    seq_len: int,
+    query_rows: int,
+    *,
+    batch: int = 1,
+    device: torch.device | str | None = None,
+    recorded_layers: int = 0,
 ) -> MemoryEstimate | None:
     """Estimate a filter pass and raise ``InsufficientMemoryError`` if it would not fit.
 
@@ -207,7 +223,7 @@ def check_pass(
     """
     if not guard_enabled() or _shape(model) is None:
         return None
-    estimate = estimate_pass(model, seq_len, query_rows, batch=batch)
+    estimate = estimate_pass(model, seq_len, query_rows, batch=batch, recorded_layers=recorded_layers)
     if device is None:
         try:
             device = next(model.parameters()).device

@@ -1,13 +1,17 @@
 """Combine the retriever's per-document scores with GemFilter's token scores: pure functions.
 
-Two ways, chosen by ``GemFilterConfig.prior``:
+With a trained readout the default (``GemFilterConfig.prior="auto"``) needs neither rule: the
+retriever's score is one of the readout's learned features (``gemfilter_rag.features``). The rules:
 
+* ``"add"`` (the default of single-layer scoring): each token's score, normalised to mean 1 over
+  the context, gets its document's relative retriever score (``features.relative_scores``: 0 for
+  the best document, ``(s - max) / max(|max|, |min|)`` for the others) times ``prior_weight``
+  added; selection then runs as usual. Near-equal retriever scores give near-equal additions.
 * ``"share"``: the retriever shares out the token budget across documents (a softmax of the
-  standardised document scores, sharpened by ``prior_weight``), and GemFilter picks the
-  sentences inside each document within its share. Budget a document cannot use (it is short,
-  or its sentences do not fit) goes to the next documents in retriever order.
-* ``"add"``: each token's score, normalised to mean 1 over the context, gets its document's
-  standardised retriever score times ``prior_weight`` added; selection then runs as usual.
+  standardised document scores, sharpened by ``prior_weight``), and GemFilter picks the units
+  inside each document within its share. Budget a document cannot use goes to the next documents
+  in retriever order. Z-scores stretch any spread, however small, so near-equal scores can starve
+  a document: it is not a default.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any
 
 import torch
 
-from .selection import Unit, select_units
+from .features import relative_scores
+from .selection import Unit, select_ranked
 
-PRIOR_MODES = ("none", "share", "add")
+PRIOR_MODES = ("auto", "none", "share", "add")
 
 
 def check_document_scores(document_scores: Any, n_documents: int) -> list[float] | None:
@@ -70,13 +75,14 @@ def budget_shares(document_scores: Sequence[float], weight: float) -> torch.Tens
 def share_budget(
     document_scores: Sequence[float],
     doc_units: Sequence[Sequence[Unit]],
-    scores: torch.Tensor,
+    doc_values: Sequence[torch.Tensor],
     budget: int,
     weight: float,
 ) -> torch.Tensor:
     """The ``"share"`` mode: retriever shares the budget, GemFilter picks the units inside each document.
 
-    doc_units: for each document its units (global token indices); scores: (N,) token scores.
+    doc_units: for each document its units (global token indices); doc_values: for each document the
+    values (U_d,) of its units, higher = keep first.
     Documents are visited in decreasing retriever score; each gets its share of the budget plus
     whatever earlier documents left unused. Returns kept token indices, ascending.
     """
@@ -88,7 +94,9 @@ def share_budget(
     kept: list[torch.Tensor] = []
     for d in order:
         allowance = int(math.floor(float(shares[d]) * budget + carry + 1e-9))
-        chosen = select_units(scores, doc_units[d], allowance) if allowance > 0 else torch.empty(0, dtype=torch.long)
+        chosen = (
+            select_ranked(doc_values[d], doc_units[d], allowance) if allowance > 0 else torch.empty(0, dtype=torch.long)
+        )
         used = int(chosen.numel())
         carry = float(shares[d]) * budget + carry - used
         kept.append(chosen)
@@ -103,7 +111,7 @@ def share_budget(
 def add_prior(
     scores: torch.Tensor, doc_lengths: Sequence[int], document_scores: Sequence[float], weight: float
 ) -> torch.Tensor:
-    """The ``"add"`` mode: token scores normalised to mean 1, plus ``weight`` x their document's z-score.
+    """The ``"add"`` mode: token scores normalised to mean 1, plus ``weight`` x their document's relative score.
 
     scores: (N,) with N = sum(doc_lengths). Returns (N,) float32.
     """
@@ -115,6 +123,6 @@ def add_prior(
     shifted = scores.double() - scores.double().min()
     mean = shifted.mean()
     norm = shifted / mean if mean > 0 else torch.ones_like(shifted)  # (N,)
-    per_doc = standardise(document_scores)  # (D,)
+    per_doc = relative_scores(document_scores)  # (D,)
     prior = torch.repeat_interleave(per_doc, torch.tensor(list(doc_lengths)))  # (N,)
     return (norm + weight * prior).float()

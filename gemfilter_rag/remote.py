@@ -18,10 +18,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .compressor import _check_documents, _check_query
 from .config import check_top_k
 from .prior import check_document_scores
 from .result import CompressionResult
+from .validation import check_documents as _check_documents
+from .validation import check_query as _check_query
 
 RETRY_STATUSES = (429, 503)
 

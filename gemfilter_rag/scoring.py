@@ -90,6 +90,22 @@ def token_scores(
     return pool(aggregate(scores, config.heads), config.pool, config.pool_width)  # (B, T)
 
 
+def row_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    query_positions: torch.Tensor,
+    scaling: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Softmax attention of the scoring rows to every key, averaged over the rows, per head.
+
+    query: (B, H, Q, D), the rows at ``query_positions`` (Q,); key: (B, KV, T, D). Returns (B, H, T):
+    each head's attention from the question, as the model itself computes it at that layer.
+    """
+    visible = visibility_mask(query_positions, key.shape[2], sliding_window)  # (Q, T)
+    return attention_probs(query_logits(query, key), scaling, visible).mean(dim=2)  # (B, H, T)
+
+
 def query_positions(length: int, query_start: int, query: str | int) -> torch.Tensor:
     """Positions of a ``length``-token prompt whose attention scores (``ScoringConfig.query``): the last
     token, the question (from ``query_start``) onward, or the last n. Returns (Q,)."""

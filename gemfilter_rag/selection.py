@@ -31,15 +31,19 @@ def unit_scores(scores: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
 
 
 def select_units(scores: torch.Tensor, units: Sequence[Unit], budget: int) -> torch.Tensor:
-    """Keep whole units (sentences, documents) by score, greedily, within ``budget`` tokens.
+    """Keep whole units (sentences, documents) by their summed token ``scores`` (N,), within ``budget``."""
+    return select_ranked(unit_scores(scores, units), units, budget)
 
-    Units are taken best first; one that no longer fits is skipped and smaller ones may still
-    fill the rest. Returns the kept token indices in ascending order.
+
+def select_ranked(values: torch.Tensor, units: Sequence[Unit], budget: int) -> torch.Tensor:
+    """Keep whole units by ``values`` (U,), greedily, within ``budget`` tokens.
+
+    Units are taken best first (ties: the earlier unit); one that no longer fits is skipped and
+    smaller ones may still fill the rest. Returns the kept token indices in ascending order.
     """
     if not units:
         return torch.empty(0, dtype=torch.long)
-    per_unit = unit_scores(scores, units)
-    order = torch.argsort(per_unit, descending=True, stable=True).tolist()
+    order = torch.argsort(values, descending=True, stable=True).tolist()
     left = budget
     kept: list[int] = []
     for u in order:
@@ -53,6 +57,16 @@ def select_units(scores: torch.Tensor, units: Sequence[Unit], budget: int) -> to
     if not kept:
         return torch.empty(0, dtype=torch.long)
     return torch.cat([torch.arange(units[u][0], units[u][1]) for u in kept])
+
+
+def spread(values: torch.Tensor, units: Sequence[Unit], n: int) -> torch.Tensor:
+    """Token scores (n,) that give each unit's tokens an equal part of its value (U,), so that
+    ``unit_scores`` of the result gives ``values`` back; tokens outside every unit get 0."""
+    out = torch.zeros(n, dtype=torch.float64)
+    for (a, b), v in zip(units, values.double().tolist(), strict=True):
+        if b > a:
+            out[a:b] = v / (b - a)
+    return out.float()
 
 
 def token_units(

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from gemfilter_rag.batch import build_prompts, score_prompts
 from gemfilter_rag.generation import GenerationResult
+from gemfilter_rag.pipeline import build_prompts, layer_token_scores, run_passes
+from gemfilter_rag.scoring import query_positions
 
 ITEMS: list[tuple[list[str], str]] = [
     (
@@ -42,14 +43,23 @@ def test_compress_batch_equals_one_by_one(make_compressor: Callable[..., Any], a
     assert [b.filter_layer for b in batched] == [s.filter_layer for s in single] == [comp.filter_layer] * 3
 
 
-def test_padded_scores_match_unpadded(make_compressor: Callable[..., Any], arch: str) -> None:
+def test_padded_pass_matches_unpadded(make_compressor: Callable[..., Any], arch: str) -> None:
     comp = make_compressor(arch)
     prompts = build_prompts(comp, ITEMS)
     assert len({p.length for p in prompts}) == len(prompts)  # the batch really pads
-    batched = score_prompts(comp, prompts)
-    for p, scores in zip(prompts, batched, strict=True):
-        assert scores.shape == (p.context_tokens,)
-        torch.testing.assert_close(scores, comp.score_prompt(p), rtol=1e-4, atol=1e-5)
+    inputs = [(p.input_ids, query_positions(p.length, p.query_start, comp.config.scoring.query)) for p in prompts]
+    batched = run_passes(comp, inputs, record=True)
+    heads = comp.model.config.num_attention_heads
+    for (ids, rows), item in zip(inputs, batched, strict=True):
+        (alone,) = run_passes(comp, [(ids, rows)], record=True)
+        assert item.attention is not None and alone.attention is not None
+        assert item.attention.shape == (comp.filter_layer + 1, heads, ids.shape[0])  # every layer 0..r, (H, T)
+        torch.testing.assert_close(item.attention, alone.attention, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            layer_token_scores(comp, item), layer_token_scores(comp, alone), rtol=1e-4, atol=1e-5
+        )
+    # the layers' attention is a distribution over the visible keys: each (layer, head) row sums to 1
+    torch.testing.assert_close(batched[0].attention.sum(-1), torch.ones(comp.filter_layer + 1, heads))
 
 
 def test_batch_size_and_order(make_compressor: Callable[..., Any]) -> None:

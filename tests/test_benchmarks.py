@@ -22,7 +22,7 @@ from benchmarks.datasets import (
 )
 from benchmarks.methods import METHODS, fill_budget
 from benchmarks.metrics import answer_correct, contains_answer, normalize, ratio, summarize
-from benchmarks.report import dataset_table, markers, write_readme
+from benchmarks.report import markers, rate_table, summaries, write_readme
 from benchmarks.run import summarize_rows, throughput
 
 
@@ -44,7 +44,10 @@ def test_registries_hold_every_documented_entry():
         "gemfilter-token",
         "gemfilter-sentence",
         "gemfilter-document",
+        "gemfilter-prior",
         "embeddings-filter",
+        "sentence-embedding-optimizer",
+        "bm25-sentences",
         "longllmlingua",
     } <= set(METHODS)
     assert not METHODS["full"].budgeted and METHODS["longllmlingua"].batch is not None
@@ -63,6 +66,10 @@ def test_contains_answer_respects_word_boundaries():
     assert not contains_answer("anything", [""])
     assert answer_correct("The answer is Paris.", ["paris", "Lyon"])
     assert not answer_correct("London", ["Paris"])
+    # only the answer line counts: "Answer:" labels are dropped, an echoed prompt or context is not read
+    assert answer_correct("Answer:\nThe code is 7734.", ["7734"])
+    assert answer_correct("Answer: 1978\nContext: ...", ["1978"])
+    assert not answer_correct("Answer the question with a short phrase.\n\nContext: signed in 1978", ["1978"])
 
 
 def test_ratio_and_summarize():
@@ -101,7 +108,13 @@ def test_config_validation_names_the_argument():
         BenchConfig(budgets=())
     with pytest.raises(ValueError, match="preset"):
         preset("nope")
-    assert preset("quick", n=3).n == 3 and preset("quick").budgets == (256, 512)
+    assert preset("quick", n=3).n == 3 and preset("quick").budgets == (128, 256, 512)
+    with pytest.raises(ValueError, match="answer_budgets"):
+        BenchConfig(answer_budgets=(300,))
+    with pytest.raises(ValueError, match="needle_grid"):
+        BenchConfig(needle_grid=((2048, 0, 3),))
+    with pytest.raises(ValueError, match="gemfilter_calls"):
+        BenchConfig(gemfilter_calls="sometimes")
 
 
 def test_place_gold_and_hard_distractors():
@@ -135,7 +148,7 @@ def test_nq_items_put_gold_at_each_position(tmp_path):
     records = read_jsonl(_nq_file(tmp_path))
     assert len(records) == 6
     cfg = BenchConfig(n=2, n_docs=4, positions=(1, 4), budgets=(8,), max_context_tokens=8)
-    items = nq_items(records, _bag, _bag, cfg)
+    items = nq_items(records, _bag, _bag, cfg, questions=range(6))
     assert len(items) == 4
     for it in items:
         assert len(it.documents) == 4
@@ -143,20 +156,44 @@ def test_nq_items_put_gold_at_each_position(tmp_path):
         assert contains_answer(gold, it.answers)
         assert sum(contains_answer(d, it.answers) for d in it.documents) == 1
         assert it.retrieved is not None and contains_answer(it.retrieved[0], it.answers)
-    again = nq_items(records, _bag, _bag, cfg)
+    again = nq_items(records, _bag, _bag, cfg, questions=range(6))
     assert [i.id for i in again] == [i.id for i in items]
 
 
-def test_hotpot_items_skip_yes_no_and_records_past_5000():
+def test_hotpot_items_come_from_the_eval_records_only_and_skip_yes_no():
+    from gemfilter_rag.data import HOTPOT_EVAL, HOTPOT_TRAIN
+
     ctx = str([["T1", ["Alpha is red.", " It glows."]], ["T2", ["Beta is blue."]]])
     recs = [
         {"_id": str(i), "answer": "yes" if i % 2 else f"ans{i}", "question": f"q{i}?", "context": ctx, "type": "bridge"}
-        for i in range(5004)
+        for i in range(7405)
     ]
-    items = hotpot_items(recs, BenchConfig(n=50, seed=1))
-    assert len(items) == 50
-    assert all(it.meta["record"] < 5000 and it.meta["record"] % 2 == 0 for it in items)
+    items = hotpot_items(recs, BenchConfig(n=1000, seed=1))
+    assert len(items) == 1000  # every non-yes/no record of 3000-4999
+    records = {it.meta["record"] for it in items}
+    assert records == {i for i in HOTPOT_EVAL if i % 2 == 0}
+    assert not records & set(HOTPOT_TRAIN) and max(records) < 5000
     assert items[0].documents == ["T1\nAlpha is red. It glows.", "T2\nBeta is blue."]
+
+
+def test_nq_questions_come_from_the_eval_lines_only(tmp_path):
+    from gemfilter_rag.data import NQ_EVAL, NQ_TRAIN
+
+    records = [
+        {
+            "question": f"q{i} {TOPICS[i % 6]}",
+            "answers": [f"a{i}"],
+            "ctxs": [{"title": "t", "text": f"{TOPICS[i % 6]}"}],
+        }
+        for i in range(2000)
+    ]
+    cfg = BenchConfig(n=300, n_docs=3, positions=(1, 3), budgets=(8,), max_context_tokens=8)
+    items = nq_items(records, _bag, _bag, cfg)
+    questions = {it.meta["record"] for it in items}
+    assert len(questions) == 300 and questions <= set(NQ_EVAL) and not questions & set(NQ_TRAIN)
+    # distractors may be any passage, training lines included
+    assert all(len(it.documents) == 3 for it in items)
+    assert len({it.meta["cluster"] for it in items}) == 300  # one cluster per question, two positions each
 
 
 def test_window_paragraphs_and_squad_items():
@@ -178,7 +215,8 @@ def test_window_paragraphs_and_squad_items():
         for k in range(6)
     ]
     data = {"data": [{"title": "Art", "paragraphs": paras}]}
-    items = squad_items(data, lambda t: len(t.split()), BenchConfig(n=6, max_context_tokens=512, budgets=(10,)))
+    cfg = BenchConfig(n=6, max_context_tokens=512, budgets=(10,))
+    items = squad_items(data, lambda t: len(t.split()), cfg, articles=range(1))
     assert len(items) == 6 and all(it.id.startswith("squad-id") for it in items)
     for it in items:
         assert sum(len(d.split()) + 2 for d in it.documents) <= 512
@@ -215,31 +253,83 @@ def _rows() -> list[dict]:
     return rows
 
 
+def _results(rows: list[dict], readers: tuple[str, ...] = ()) -> dict:
+    return {
+        "config": BenchConfig(name="t", budgets=(256,), answer_budgets=(256,)).to_dict(),
+        "commit": "abc",
+        "filter_layer": 3,
+        "datasets": {"nq": {"items": 2}},
+        "summary": summaries(rows, list(readers)),
+        "readers": {r: r for r in readers},
+        "rows": rows,
+        "timings_s": {"total": 60.0},
+        "machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "python": "3", "versions": {}},
+    }
+
+
 def test_throughput_and_tables(tmp_path):
     rows = _rows()
     tp = throughput(rows, ["gemfilter-sentence", "longllmlingua"])
     assert tp["pairs"] == 2 and tp["gemfilter-sentence"]["tokens_per_s"] == 500.0
     assert tp["longllmlingua"]["tokens_per_s"] == 125.0
-    summary = summarize_rows(rows)
-    table = dataset_table(summary)
-    assert any("50%" in line and "GemFilter (sentence)" in line for line in table)
+    assert summarize_rows(rows)["gemfilter-sentence"]["256"]["recall"] == 0.5
+    results = _results(rows)
+    table = rate_table(results["summary"], "dataset", "nq", "recall", ["256"])
+    assert any("50.0% [9.5, 90.5] (n=2)" in line and "GemFilter (default)" in line for line in table)
     readme = tmp_path / "README.md"
     readme.write_text("# Bench\n\nhand-written\n")
-    results = {
-        "config": BenchConfig(name="t").to_dict(),
-        "filter_layer": 3,
-        "datasets": {"nq": {"items": 2, "summary": summary}},
-        "rows": rows,
-        "throughput": tp,
-        "timings_s": {"total": 60.0},
-        "machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "python": "3", "versions": {}},
-    }
     write_readme(results, readme)
     write_readme(results, readme)  # idempotent: the section is replaced, not duplicated
     text = readme.read_text()
     begin, end = markers("t")
     assert text.count(begin) == 1 and text.count(end) == 1 and "hand-written" in text
-    assert "4.0x faster" in text
+    assert "no significant difference (p=1.000)" in text  # the paired test of the default vs LongLLMLingua
+
+
+def _paired_rows(n: int, only_default: int, only_rag: int) -> list[dict]:
+    """NQ rows at one position: the default and plain RAG, with the given discordant counts."""
+    rows = []
+    for i in range(n):
+        d = i < only_default or i >= only_default + only_rag
+        r = only_default <= i < only_default + only_rag or i >= only_default + only_rag
+        for m, ok in (("gemfilter-sentence", d), ("rag", r)):
+            rows.append(
+                {"dataset": "nq", "id": f"q{i}-p1", "cluster": f"q{i}", "position": 1, "method": m, "budget": 256,
+                 "recall": ok, "latency_s": 1.0, "tokens_sent": 250, "original_tokens": 2000, "error": None}
+            )  # fmt: skip
+    return rows
+
+
+def test_summaries_compare_the_default_in_pairs():
+    rows = _paired_rows(40, only_default=12, only_rag=1)
+    s = summaries(rows, [])
+    c = next(c for c in s["comparisons"] if c["other"] == "rag" and c["where"] == "nq, gold at 1")
+    assert (c["n"], c["only_a"], c["only_b"]) == (40, 12, 1)
+    assert c["p"] == pytest.approx(2 * 14 / 2**13)  # binomial tail: P(X <= 1 | 13)
+    assert c["verdict"].startswith("GemFilter (default) > plain RAG (MiniLM) (p=0.003")
+    rate = next(e for e in s["rates"] if e["scope"] == "dataset" and e["method"] == "rag")
+    assert rate["recall"]["n"] == 40 and rate["recall"]["interval"] == "wilson"  # one position: independent
+    cost = next(c for c in s["costs"] if c["method"] == "rag")
+    assert cost["median_s"] == 1.0 and cost["tokens_sent"] == 250
+
+
+def test_pooled_nq_rates_bootstrap_over_questions():
+    rows = _paired_rows(10, 0, 0)
+    rows += [{**r, "id": r["id"].replace("-p1", "-p10"), "position": 10} for r in rows]
+    s = summaries(rows, [])
+    pooled = next(e for e in s["rates"] if e["scope"] == "dataset" and e["method"] == "rag")
+    assert pooled["recall"]["n"] == 20 and pooled["recall"]["interval"] == "cluster bootstrap"
+    assert {e["where"] for e in s["rates"] if e["scope"] == "slice"} == {"nq, gold at 1", "nq, gold at 10"}
+
+
+def test_recall_vs_tokens_plot(tmp_path):
+    rows = _rows()
+    results = _results(rows)
+    from benchmarks.report import write_plots
+
+    paths = write_plots(results, rows, tmp_path)
+    assert [p.endswith("t_recall_vs_tokens_nq.png") for p in paths] == [True]
+    assert (tmp_path / "t_recall_vs_tokens_nq.png").stat().st_size > 1000
 
 
 def test_spread_picks_evenly_and_keeps_small_lists():

@@ -170,7 +170,8 @@ def test_shipped_profiles_are_valid() -> None:
         cfg = p.config()
         assert 0 <= p.filter_layer < p.match["num_hidden_layers"]
         assert cfg.filter_layer == p.filter_layer
-        assert p.source.split(":")[0] in ("measured", "paper")
+        assert p.source.split(":")[0] in ("measured", "paper", "trained")
+        assert (p.readout is not None) == p.source.startswith("trained")
         json.dumps(p.measurements)
         if p.source.startswith("paper"):
             assert cfg.scoring.query == "last" and not cfg.scoring.softmax and cfg.granularity == "token"

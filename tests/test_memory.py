@@ -86,6 +86,10 @@ def test_estimate_scales_like_the_attention_implementation(tiny_model_factory: C
     assert estimate_pass(sdpa, 4096, 8, batch=4).total > 3.9 * s1  # a padded batch scales at least linearly
     sliding = tiny_model_factory("gemma3", "sdpa")  # a sliding-window layer needs a (T, T) mask
     assert estimate_pass(sliding, 8192, 8).parts["mask"] == 8192 * 8192
+    # the readout keeps (H, T) float32 per recorded layer for the whole pass
+    recorded = estimate_pass(sdpa, 4096, 8, recorded_layers=3)
+    assert recorded.parts["recorded attention"] == 3 * 4 * 4096 * 4
+    assert recorded.total == s1 + 3 * 4 * 4096 * 4
 
 
 def test_estimate_uses_the_model_dtype(tiny_model_factory: Callable[..., Any]) -> None:

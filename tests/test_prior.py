@@ -53,14 +53,15 @@ def test_share_budget_gives_each_document_its_share_and_carries_the_rest() -> No
     scores = torch.arange(20, dtype=torch.float32)
     units = [[(t, t + 1) for t in range(10)], [(t, t + 1) for t in range(10, 20)]]
     # equal retriever scores: 5 tokens each, the best inside each document
-    kept = share_budget([1.0, 1.0], units, scores, 10, 1.0).tolist()
+    values = [scores[:10], scores[10:]]  # single-token units: a unit's value is its token's score
+    kept = share_budget([1.0, 1.0], units, values, 10, 1.0).tolist()
     assert kept == [5, 6, 7, 8, 9, 15, 16, 17, 18, 19]
     # doc 0 strongly preferred: it gets (almost) all, GemFilter's scores notwithstanding
-    kept = share_budget([10.0, 0.0], units, scores, 10, 20.0).tolist()
+    kept = share_budget([10.0, 0.0], units, values, 10, 20.0).tolist()
     assert kept == list(range(10))
     # a document shorter than its share passes the rest on to the next in retriever order
     short = [[(0, 2)], [(t, t + 1) for t in range(2, 20)]]
-    kept = share_budget([5.0, 1.0], short, scores, 10, 50.0).tolist()
+    kept = share_budget([5.0, 1.0], short, [scores[:2].sum()[None], scores[2:]], 10, 50.0).tolist()
     assert len(kept) == 10 and kept[:2] == [0, 1]
 
 
@@ -69,15 +70,19 @@ def test_share_budget_never_exceeds_the_budget(budget: int) -> None:
     g = torch.Generator().manual_seed(budget)
     scores = torch.rand(30, generator=g)
     units = [[(0, 4), (4, 9)], [(9, 10), (10, 20)], [(20, 23), (23, 30)]]
-    kept = share_budget([0.3, 0.9, 0.1], units, scores, budget, 1.0)
+    values = [torch.stack([scores[a:b].sum() for a, b in doc]) for doc in units]
+    kept = share_budget([0.3, 0.9, 0.1], units, values, budget, 1.0)
     assert kept.numel() <= budget
     assert kept.tolist() == sorted(set(kept.tolist()))
 
 
 def test_add_prior_against_manual_values() -> None:
     scores = torch.tensor([1.0, 3.0, 2.0, 2.0])  # shifted: [0, 2, 1, 1], mean 1
-    out = add_prior(scores, [2, 2], [1.0, 0.0], 0.5)  # z = [1, -1]
-    assert out.tolist() == pytest.approx([0.5, 2.5, 0.5, 0.5])
+    out = add_prior(scores, [2, 2], [1.0, 0.0], 0.5)  # relative scores [0, -1]
+    assert out.tolist() == pytest.approx([0.0, 2.0, 0.5, 0.5])
+    # near-equal retriever scores change the token scores by near-equal amounts (z-scores would not)
+    near = add_prior(scores, [2, 2], [1.00, 0.99], 0.5)
+    assert (near - add_prior(scores, [2, 2], [1.0, 1.0], 0.5)).abs().max() <= 0.5 * 0.01 + 1e-6
     with pytest.raises(ValueError, match="doc_lengths"):
         add_prior(scores, [1, 2], [1.0, 0.0], 0.5)
 

@@ -7,6 +7,9 @@ import torch
 from tinymodels import SEED, TRAINING_TEXT, model_config
 
 from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.pipeline import Evidence, _window_scorer
+from gemfilter_rag.selection import token_units, unit_scores
+from gemfilter_rag.sentences import sentence_spans
 from gemfilter_rag.windows import normalise, plan_windows, score_in_windows
 
 
@@ -67,11 +70,13 @@ def test_knockout_ranks_windows_against_each_other(tokenizer) -> None:
     (decoy_id,) = tokenizer(" money", add_special_tokens=False)["input_ids"]
     calls: list[int] = []
 
-    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def score(ids: torch.Tensor, rows: torch.Tensor, start: int, units: list, region: list) -> torch.Tensor:
         calls.append(int(ids.numel()))
         assert ids.numel() <= 120  # memory bounded by the window
+        assert len(units) == len(region) and [b - a for a, b in units] == [b - a for a, b in region]
         logit = torch.tensor([3.0 if t == needle_id else 2.0 if t == decoy_id else 0.0 for t in ids.tolist()])
-        return torch.softmax(logit, 0)  # one unit of mass per window, like attention
+        mass = torch.softmax(logit, 0)[start:]  # one unit of mass per window, like attention
+        return unit_scores(mass, units)
 
     for needle_at in (2, 40, 77):
         text, prompt = _decoy_prompt(tokenizer, 80, needle_at)
@@ -82,15 +87,18 @@ def test_knockout_ranks_windows_against_each_other(tokenizer) -> None:
         assert len(calls) >= 4
         doc = prompt.documents[0]
         a = text.index("company")
-        needle = [i for i, (s, e) in enumerate(zip(doc.starts, doc.ends, strict=True)) if s <= a < e]
-        best = int(torch.argmax(scores))
-        assert best in needle, (needle_at, best, needle)
-        # survivors of the last pass score >= 1; a knocked-out token less than 1 / (unit size), so
-        # that no unit of knocked-out tokens outweighs one survivor token
+        needle = next(i for i, (s, e) in enumerate(zip(doc.starts, doc.ends, strict=True)) if s <= a < e)
         piece = (120 - (prompt.length - prompt.context_tokens)) // 8
-        assert float(scores.max()) >= 1.0
-        assert bool(((scores >= 1.0) | (scores < 1.0 / piece)).all())
-        assert int((scores >= 1.0).sum()) <= 120
+        units = token_units(doc.ends, sentence_spans(text), 0, piece)  # the knockout's own units
+        values = unit_scores(scores, units)  # a unit's tokens share its value: sums give it back
+        best = units[int(torch.argmax(values))]
+        assert best[0] <= needle < best[1], (needle_at, best, needle)
+        # survivors of the last pass are worth >= 1, knocked-out units less than 1: selection at any
+        # granularity takes every survivor before any knocked-out unit
+        assert float(values.max()) >= 1.0
+        assert bool(((values >= 1.0 - 1e-5) | (values < 1.0)).all())
+        survivors = [u for u, v in zip(units, values.tolist(), strict=True) if v >= 1.0 - 1e-5]
+        assert sum(b - a for a, b in survivors) <= 120
 
 
 def _short_model(arch: str, vocab: int, positions: int):
@@ -121,11 +129,14 @@ def test_long_prompt_is_scored_in_windows(arch: str, tokenizer) -> None:
     assert prompt.length > 96
     calls: list[int] = []
 
-    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    inner, prefilter = _window_scorer(comp, prompt, Evidence(prompt, "What do cities send?", None, None))
+    assert prefilter is None  # no embedding model: no round 0
+
+    def score(ids: torch.Tensor, rows: torch.Tensor, *rest) -> torch.Tensor:
         calls.append(int(ids.numel()))
         assert ids.numel() <= 96  # memory bounded by the window
         assert int(rows.max()) == ids.numel() - 1  # the question rows end the window
-        return comp._score_ids(ids, rows)
+        return inner(ids, rows, *rest)
 
     scores = score_in_windows(prompt, 96, cfg.scoring.query, score)
     assert scores.shape == (prompt.context_tokens,)
@@ -135,7 +146,8 @@ def test_long_prompt_is_scored_in_windows(arch: str, tokenizer) -> None:
     assert res.compressed_tokens == 30 and res.filter_layer == 2
 
 
-def test_single_window_equals_normalised_direct_scores(tokenizer) -> None:
+def test_single_window_ranks_units_as_one_direct_pass(tokenizer) -> None:
+    """A context that fits one window is scored by one pass: units rank as the direct pass ranks them."""
     model = _short_model("llama", len(tokenizer), 1024)
     comp = GemFilterCompressor(model, tokenizer, filter_layer=1)
     from gemfilter_rag.prompt import build_prompt
@@ -150,8 +162,12 @@ def test_single_window_equals_normalised_direct_scores(tokenizer) -> None:
         use_chat_template=cfg.use_chat_template,
     )
     direct = comp.score_prompt(prompt)
-    windowed = score_in_windows(prompt, 1024, cfg.scoring.query, comp._score_ids)
-    torch.testing.assert_close(windowed, normalise(direct), rtol=1e-4, atol=1e-5)
+    scorer, _ = _window_scorer(comp, prompt, Evidence(prompt, "Who left?", None, None))
+    windowed = score_in_windows(prompt, 1024, cfg.scoring.query, scorer)
+    doc = prompt.documents[0]
+    units = token_units(doc.ends, sentence_spans(doc.text), 0, 64)
+    expected = 1.0 + normalise(unit_scores(direct, units))  # survivors of the last (only) pass
+    torch.testing.assert_close(unit_scores(windowed, units), expected.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_frame_too_long_for_one_window_is_a_clear_error(tokenizer) -> None:
@@ -173,9 +189,9 @@ def test_window_option_sizes_the_windows_of_prompts_the_model_cannot_take(tokeni
     cfg = small.config
     lengths: list[int] = []
 
-    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def score(ids: torch.Tensor, rows: torch.Tensor, *rest) -> torch.Tensor:
         lengths.append(int(ids.numel()))
-        return small._score_ids(ids, rows)
+        return _window_scorer(small, long, Evidence(long, "Who left?", None, None))[0](ids, rows, *rest)
 
     def prompt_of(text: str):
         return build_prompt(
@@ -200,3 +216,28 @@ def test_window_option_is_validated(bad) -> None:
 
     with pytest.raises(ValueError, match="window"):
         GemFilterConfig(window=bad)
+
+
+def test_prefilter_round_keeps_the_best_units_without_a_pass(tokenizer) -> None:
+    """Round 0 values units without a pass; only the best ``prefilter_tokens`` reach the passes, and every
+    unit it drops ranks below every unit that went on."""
+    text, prompt = _decoy_prompt(tokenizer, 80, 40)
+    seen: list[list] = []
+
+    def score(ids: torch.Tensor, rows: torch.Tensor, start: int, units: list, region: list) -> torch.Tensor:
+        seen.append(list(region))
+        return torch.arange(len(units), dtype=torch.float64)  # any values: the later units win
+
+    def prefilter(region: list) -> torch.Tensor:
+        return torch.tensor([float(a) for a, _ in region])  # prefers late units
+
+    scores = score_in_windows(prompt, 120, "last", score, prefilter=prefilter, prefilter_tokens=60)
+    passed = {u for r in seen for u in r}
+    assert sum(b - a for a, b in passed) <= 60  # only the prefilter's best 60 tokens met a pass
+    assert len(seen) == 1  # they fit one window: a single pass
+    doc = prompt.documents[0]
+    units = token_units(doc.ends, sentence_spans(text), 0, (120 - (prompt.length - prompt.context_tokens)) // 8)
+    values = unit_scores(scores, units)
+    passed_values = [v for u, v in zip(units, values.tolist(), strict=True) if u in passed]
+    dropped = [v for u, v in zip(units, values.tolist(), strict=True) if u not in passed]
+    assert min(passed_values) >= 1.0 - 1e-5 > max(dropped)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GemFilterConfig, ScoringConfig
+from ..readout import ReadoutSet
 
 MATCH_KEYS = (
     "model_type",
@@ -39,6 +40,12 @@ class Profile:
     source: str = ""
     """"measured: ..." (with the command and budget) or "paper: ..."."""
     measurements: dict[str, Any] = field(default_factory=dict)
+    readout: dict[str, Any] | None = None
+    """A trained ``ReadoutSet`` (``ReadoutSet.to_dict()``) from ``gemfilter train-readout``, or None."""
+
+    def readouts(self) -> ReadoutSet | None:
+        """The trained readouts of this model, if the profile ships them."""
+        return ReadoutSet.from_dict(self.readout) if self.readout else None
 
     def config(self) -> GemFilterConfig:
         """The ``GemFilterConfig`` this profile stands for."""
@@ -72,6 +79,12 @@ def fingerprint(model_config: Any) -> dict[str, Any]:
     """The architecture keys a profile matches on, read from a model's config."""
     cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     return {k: getattr(cfg, k, None) for k in MATCH_KEYS}
+
+
+def attention_heads(model_config: Any) -> int:
+    """Number of query heads of a model (its text part, for multimodal configs)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return int(cfg.num_attention_heads)
 
 
 def shipped_profiles() -> list[Profile]:

@@ -20,10 +20,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..compressor import _check_documents, _check_query
 from ..config import check_top_k
 from ..prior import check_document_scores
 from ..result import CompressionResult, DocumentResult
+from ..validation import check_documents as _check_documents
+from ..validation import check_query as _check_query
 
 EXAMPLE: dict[str, Any] = {
     "documents": [

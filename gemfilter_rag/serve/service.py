@@ -4,7 +4,7 @@ A request goes through: the door (503 while draining), the body read (413 past `
 JSON and the library's checks (422), the documents limit (413), its options (a sibling compressor
 sharing the model; 422 for a bad option), a cheap queue check (429), tokenization in a thread and the
 context-token limit (413), then the batcher (429 if the queue filled meanwhile). Requests with the same
-options share a batched filter pass (``gemfilter_rag.batch.compress_prompts``, per-request budgets and
+options share a batched filter pass (``gemfilter_rag.pipeline.compress_prompts``, per-request budgets and
 retriever scores). A client that disconnects while waiting leaves the queue.
 """
 
@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from ..batch import compress_prompts
 from ..compressor import GemFilterCompressor
+from ..pipeline import compress_prompts
 from ..prompt import FilterPrompt, build_prompt
 from ..result import CompressionResult
 from .batcher import Batcher, BatchStats, ClosedError, QueueFullError

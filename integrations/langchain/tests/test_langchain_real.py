@@ -60,3 +60,18 @@ def test_retriever_with_real_embeddings(real_core: Any) -> None:
     out = retriever.invoke(QUESTION)
     assert sum(d.metadata["gemfilter"]["kept_tokens"] for d in out) <= 40
     assert any("4417" in d.page_content and d.metadata["source"] == "essay2" for d in out)
+
+
+def test_near_equal_reranker_scores_do_not_starve_a_chunk(real_core: Any) -> None:
+    """relevance_score 1.00, 0.99, ..., 0.95 (a reranker's near-ties), found by itself: the fact survives."""
+    extra = [
+        "Gardens need patience. Seeds that go in the ground in spring give nothing for weeks, and then everything "
+        "at once, which is how most hard projects feel from the inside.",
+        "The printing press made books cheap, and cheap books made readers. Readers, in turn, made writers, and "
+        "the cycle has not stopped since.",
+    ]
+    texts = [FILLER[0], FILLER[1], extra[0], FILLER[2] + " " + NEEDLE, FILLER[3], extra[1]]
+    docs = [Document(page_content=t, metadata={"relevance_score": 1.0 - 0.01 * i}) for i, t in enumerate(texts)]
+    out = GemFilterDocumentCompressor(compressor=real_core, top_k=64).compress_documents(docs, QUESTION)
+    assert sum(d.metadata["gemfilter"]["kept_tokens"] for d in out) <= 64
+    assert any("4417" in d.page_content for d in out), [d.page_content for d in out]

@@ -208,3 +208,12 @@ def test_node_scores_ignored_when_off_or_missing(core: Any, monkeypatch: pytest.
     nodes[1].score = None
     GemFilterNodePostprocessor(compressor=core, top_k=30).postprocess_nodes(nodes, query_str=QUERY)
     assert seen == [None, None]
+
+
+def test_embeddings_field_gives_the_compressor_an_embedding_model(core: Any) -> None:
+    from llama_index.core.embeddings import MockEmbedding
+
+    assert GemFilterNodePostprocessor(compressor=core).compressor.embedder is core.embedder  # "auto" keeps it
+    with_emb = GemFilterNodePostprocessor(compressor=core, embeddings=MockEmbedding(embed_dim=8)).compressor
+    assert with_emb.embedder is not None and with_emb.model is core.model
+    assert GemFilterNodePostprocessor(compressor=with_emb, embeddings=None).compressor.embedder is None

@@ -56,3 +56,23 @@ def test_query_engine_with_real_models(real_core: Any) -> None:
     assert holder[0].node.ref_doc_id == "essay2"
     assert holder[0].score is not None
     assert str(response).strip(), "the LLM gave no answer"
+
+
+MORE_FILLER = [
+    "Gardens need patience. Seeds that go in the ground in spring give nothing for weeks, and then everything "
+    "at once, which is how most hard projects feel from the inside.",
+    "The printing press made books cheap, and cheap books made readers. Readers, in turn, made writers, and "
+    "the cycle has not stopped since.",
+]
+
+
+def test_near_equal_node_scores_do_not_starve_a_chunk(real_core: Any) -> None:
+    """Node scores 1.00, 0.99, ..., 0.95 (a retriever's near-ties): the fact in the fourth chunk survives."""
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    chunks = [FILLER[0], FILLER[1], MORE_FILLER[0], FILLER[2] + " " + NEEDLE, FILLER[3], MORE_FILLER[1]]
+    nodes = [NodeWithScore(node=TextNode(text=t, id_=f"c{i}"), score=1.0 - 0.01 * i) for i, t in enumerate(chunks)]
+    pp = GemFilterNodePostprocessor(compressor=real_core, top_k=64)  # defaults: node scores used, prior "auto"
+    kept = pp.postprocess_nodes(nodes, QueryBundle(QUESTION))
+    assert sum(n.node.metadata["gemfilter"]["kept_tokens"] for n in kept) <= 64
+    assert any("4417" in n.node.get_content() for n in kept), [n.node.get_content() for n in kept]

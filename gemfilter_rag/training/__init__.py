@@ -1,0 +1,187 @@
+"""Train a model's readout from public data (``gemfilter train-readout``).
+
+1. ``build_examples``: labelled questions from HotpotQA, NaturalQuestions, SQuAD and needles (training
+   splits only, see ``gemfilter_rag.data``);
+2. ``extract.extract``: one pass per example up to ``max_layer``, reduced to unit features, cached;
+3. ``fit.cross_validate`` at every candidate layer ``r`` (readout over layers ``0..r``): the share of
+   questions whose answer survives selection at the budget, per source, cross-validated by question;
+4. the earliest layer within ``tolerance`` of the best is chosen, and every variant (attention alone,
+   with retriever scores, with embeddings, with both) is fitted there on all examples;
+5. the readouts, the per-layer scores and the provenance are written into the model's profile.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..data import (
+    HOTPOT_TRAIN,
+    NQ_TRAIN,
+    SQUAD_TRAIN_ARTICLES,
+    essays_haystack,
+    load_nq,
+    long_context_eval_json,
+)
+from ..embeddings import Embedder
+from ..loading import cache_dir
+from ..readout import ReadoutSet
+from .examples import Example, hotpot_examples, needle_examples, nq_examples, nq_passage, squad_examples
+from .extract import ExampleFeatures, extract
+from .fit import cross_validate, fit_readout
+
+if TYPE_CHECKING:
+    from ..compressor import GemFilterCompressor
+
+VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many training questions each source gives (0 leaves a source out)."""
+
+    hotpotqa: int = 500
+    nq: int = 300
+    squad: int = 170
+    needles: int = 96
+    needle_lengths: tuple[int, ...] = (1024, 2048, 3072, 4096)
+
+
+def build_examples(tokenizer: Any, embedder: Embedder | None, sizes: Sizes, seed: int = 0) -> list[Example]:
+    """The training examples of every source, drawn with ``seed`` from the training splits only."""
+    rng = random.Random(seed)
+    out: list[Example] = []
+    if sizes.hotpotqa:
+        records = long_context_eval_json("hotpotqa")
+        picked = sorted(rng.sample(list(HOTPOT_TRAIN), min(len(HOTPOT_TRAIN), 2 * sizes.hotpotqa)))
+        out += hotpot_examples(records, picked)[: sizes.hotpotqa]
+    if sizes.nq:
+        if embedder is None:
+            raise ValueError("embeddings: NQ examples need an embedding model to retrieve distractors.")
+        records = load_nq()
+        sims = nq_similarities(records, embedder)
+        picked = sorted(rng.sample(list(NQ_TRAIN), min(len(NQ_TRAIN), 2 * sizes.nq)))
+        out += nq_examples(records, picked, lambda i: sims[i], seed=seed)[: sizes.nq]
+    if sizes.squad:
+        data = long_context_eval_json("squad")
+        per = max(1, -(-sizes.squad // len(SQUAD_TRAIN_ARTICLES)))
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        out += squad_examples(data, list(SQUAD_TRAIN_ARTICLES), count, per_article=per, seed=seed)[: sizes.squad]
+    if sizes.needles:
+        essays = essays_haystack()
+        reverse = "\n\n".join(reversed(essays.split("\n\n")))  # the benchmarks read them in order
+        out += needle_examples(tokenizer, reverse, sizes.needles, sizes.needle_lengths, seed=seed)
+    return out
+
+
+def nq_similarities(records: Sequence[dict[str, Any]], embedder: Embedder) -> np.ndarray:
+    """(Q, C) cosine similarity of every NQ question to every gold passage, cached in the cache directory."""
+    corpus = [nq_passage(r) for r in records]
+    path = cache_dir() / "readout" / f"nq-sims-{embedder.name or 'embedder'}-{len(corpus)}.npy"
+    if path.exists():
+        return np.load(path)
+    vec_c = unit_rows(embedder.embed(corpus))  # (C, E)
+    vec_q = unit_rows(embedder.embed([str(r["question"]) for r in records]))  # (Q, E)
+    sims = vec_q @ vec_c.T  # (Q, C)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, sims)
+    return sims
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm. (N, E) float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class TrainingReport:
+    """What ``train_readout`` measured and chose."""
+
+    per_layer: dict[int, dict[str, dict[str, float]]]
+    """layer -> {"answer_kept": {source: rate, "all": mean}, "positives_kept": {...}} (attention variant, CV)."""
+    chosen_layer: int
+    variants: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """variant -> CV rates at the chosen layer."""
+    examples: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def choose_layer(per_layer: dict[int, dict[str, dict[str, float]]], tolerance: float) -> int:
+    """The earliest layer whose mean answer-kept rate is within ``tolerance`` of the best layer's."""
+    best = max(v["answer_kept"]["all"] for v in per_layer.values())
+    return min(layer for layer, v in per_layer.items() if v["answer_kept"]["all"] >= best - tolerance)
+
+
+def train_readout(
+    comp: GemFilterCompressor,
+    examples: Sequence[Example],
+    *,
+    embedder: Embedder | None,
+    max_layer: int,
+    layers: Sequence[int] | None = None,
+    budget: int = 256,
+    l2: float = 1e-2,
+    tolerance: float = 0.01,
+    folds: int = 5,
+    seed: int = 0,
+    cache: Path | None = None,
+    progress: Callable[[Any], Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[ReadoutSet, TrainingReport]:
+    """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant."""
+    import time
+
+    t0 = time.perf_counter()
+    folder = cache or cache_dir() / "readout" / "features"
+    feats: list[ExampleFeatures] = extract(comp, examples, max_layer, folder, embedder, progress)
+    t1 = time.perf_counter()
+    counts: dict[str, int] = {}
+    for f in feats:
+        counts[f.source] = counts.get(f.source, 0) + 1
+    log(f"features of {len(feats)} examples {counts} in {t1 - t0:.0f} s")
+    candidates = list(layers) if layers is not None else list(range(max_layer + 1))
+    per_layer = {}
+    for layer in candidates:
+        per_layer[layer] = cross_validate(feats, layer, "attention", l2, budget, folds, seed)
+        log(f"layer {layer:2d}: answer kept {per_layer[layer]['answer_kept']}")
+    chosen = choose_layer(per_layer, tolerance)
+    log(f"chosen layer {chosen} (earliest within {tolerance} of the best)")
+    usable = [v for v in VARIANTS if embedder is not None or v == "attention"]
+    report = TrainingReport(per_layer, chosen, examples=counts)
+    readouts = {}
+    for variant in usable:
+        report.variants[variant] = cross_validate(feats, chosen, variant, l2, budget, folds, seed)
+        log(f"{variant}: {report.variants[variant]['answer_kept']}")
+        readouts[variant] = fit_readout(feats, chosen, variant, l2)
+    report.seconds = {"features": t1 - t0, "fit": time.perf_counter() - t1}
+    provenance = {
+        "date": _dt.date.today().isoformat(),
+        "examples": counts,
+        "splits": {
+            "hotpotqa": f"records {HOTPOT_TRAIN.start}-{HOTPOT_TRAIN.stop - 1}",
+            "nq": f"lines {NQ_TRAIN.start}-{NQ_TRAIN.stop - 1} of nq_open_oracle_dev",
+            "squad": f"articles {SQUAD_TRAIN_ARTICLES.start}-{SQUAD_TRAIN_ARTICLES.stop - 1} of SQuAD v2.0 dev",
+            "needles": "training.examples.TRAIN_NEEDLES in the essays read in reverse",
+        },
+        "seed": seed,
+        "budget": budget,
+        "l2": l2,
+        "folds": folds,
+        "tolerance": tolerance,
+        "embedder": embedder.name if embedder else None,
+        "cv_answer_kept_per_layer": {str(k): v["answer_kept"] for k, v in per_layer.items()},
+        "cv_positives_kept_per_layer": {str(k): v["positives_kept"] for k, v in per_layer.items()},
+        "cv_variants": report.variants,
+    }
+    heads = feats[0].heads
+    return ReadoutSet(chosen, heads, readouts, provenance), report

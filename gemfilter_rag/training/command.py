@@ -1,0 +1,99 @@
+"""``gemfilter train-readout``: train a model's readout and write it into a profile JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
+    """Register the ``train-readout`` subcommand."""
+    p = sub.add_parser(
+        "train-readout",
+        help="train the model's readout on public data (HotpotQA, NQ, SQuAD, needles); write a profile",
+        description="Builds labelled examples from the training splits (gemfilter_rag.data), runs one early-exit "
+        "pass per example up to --max-layer (cached), cross-validates a readout over layers 0..r for each r, "
+        "picks the earliest r within --tolerance of the best, fits every variant there and writes the profile.",
+    )
+    model_options(p)
+    p.add_argument("--out", default="readout", help="output folder (default ./readout)")
+    p.add_argument("--name", default=None, help="profile name (default: the shipped profile's, or from the model)")
+    p.add_argument("--max-layer", type=int, default=None, help="deepest layer tried (default: half the model)")
+    p.add_argument("--budget", type=positive_int, default=256, help="token budget judged (default 256)")
+    p.add_argument("--hotpotqa", type=int, default=500, help="HotpotQA training questions (default 500)")
+    p.add_argument("--nq", type=int, default=300, help="NaturalQuestions training questions (default 300)")
+    p.add_argument("--squad", type=int, default=170, help="SQuAD training questions (default 170)")
+    p.add_argument("--needles", type=int, default=96, help="needle probes (default 96)")
+    p.add_argument("--no-embeddings", action="store_true", help="train the attention-only variants")
+    p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the logistic regression")
+    p.add_argument("--tolerance", type=float, default=0.01, help="answer-kept tolerance for the earliest layer")
+    p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (by question)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every sample")
+
+
+def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
+    """Train, print the per-layer table, write ``<out>/<name>.json``."""
+    from tqdm import tqdm
+
+    from ..compressor import GemFilterCompressor
+    from ..embeddings import minilm
+    from ..profiles import Profile, find_profile, fingerprint
+    from . import Sizes, build_examples, train_readout
+
+    if not 0 <= args.tolerance < 1:
+        raise usage_error(f"--tolerance: {args.tolerance} must be within [0, 1)")
+    if args.l2 < 0:
+        raise usage_error(f"--l2: {args.l2} must be >= 0")
+    comp = GemFilterCompressor.from_pretrained(args.model, device=args.device, scorer="layer")
+    max_layer = args.max_layer if args.max_layer is not None else max(0, comp.num_layers // 2)
+    if not 0 <= max_layer < comp.num_layers:
+        raise usage_error(f"--max-layer: {max_layer} is outside this model's layers; use 0..{comp.num_layers - 1}")
+    embedder = None if args.no_embeddings else minilm()
+    sizes = Sizes(args.hotpotqa, 0 if embedder is None else args.nq, args.squad, args.needles)
+    examples = build_examples(comp.tokenizer, embedder, sizes, seed=args.seed)
+    readouts, report = train_readout(
+        comp,
+        examples,
+        embedder=embedder,
+        max_layer=max_layer,
+        budget=args.budget,
+        l2=args.l2,
+        tolerance=args.tolerance,
+        folds=args.folds,
+        seed=args.seed,
+        progress=lambda it: tqdm(it, desc="features", unit="question", file=sys.stderr),
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    shipped = find_profile(comp.model.config)
+    command = (
+        "gemfilter " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "gemfilter" else "gemfilter train-readout"
+    )
+    readouts = replace(readouts, provenance={**readouts.provenance, "command": command})
+    source = (
+        f"trained: gemfilter train-readout, {readouts.provenance['date']}, readout over layers 0..{readouts.layer} "
+        f"chosen by cross-validated answer survival at {args.budget} tokens"
+    )
+    if shipped is not None:
+        profile = replace(shipped, filter_layer=readouts.layer, readout=readouts.to_dict(), source=source)
+    else:
+        profile = Profile(
+            name=args.name or Path(str(args.model)).stem,
+            match=fingerprint(comp.model.config),
+            filter_layer=readouts.layer,
+            source=source,
+            readout=readouts.to_dict(),
+        )
+    if args.name:
+        profile = replace(profile, name=args.name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9.]+", "-", profile.name.lower()).strip("-") or "model"
+    profile.save(out / f"{slug}.json")
+    (out / f"{slug}.report.json").write_text(json.dumps(report.__dict__, indent=1, default=str) + "\n")
+    print(f"chosen layer {readouts.layer}; wrote {out / (slug + '.json')}", file=sys.stderr)
+    return 0

@@ -1,0 +1,146 @@
+"""One filter pass per training example, reduced to what fitting needs, cached on disk.
+
+For each example: the attention block of every unit at layers ``0..max_layer``
+(``features.attention_features``), the units' documents, labels (the unit overlaps a positive span),
+texts (to check which answers a selection keeps) and, with an embedding model, the similarities of
+units and documents to the question. A cache entry is keyed by the model's architecture, the
+layer, the prompt settings and the example, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..embeddings import Embedder
+from ..features import attention_features
+from ..pipeline import build_prompts, run_passes
+from ..profiles import attention_heads, fingerprint
+from ..scoring import query_positions
+from ..units import prompt_units, unit_text
+from .examples import Example
+
+if TYPE_CHECKING:
+    from ..compressor import GemFilterCompressor
+
+FEATURE_VERSION = 1
+UNIT_BUDGET = 256
+"""Units are cut as for a 256-token budget (sentence pieces of at most 64 tokens)."""
+
+
+@dataclass(frozen=True)
+class ExampleFeatures:
+    """What fitting and evaluating a readout needs of one example (no model, no text processing)."""
+
+    id: str
+    source: str
+    raw: torch.Tensor  # (U, 2 * (max_layer + 1) * H) attention block, unstandardised
+    units: list[tuple[int, int]]  # context-token units
+    unit_docs: torch.Tensor  # (U,) long
+    labels: torch.Tensor  # (U,) bool: overlaps a positive span
+    texts: list[str]  # (U,) unit texts
+    answers: list[str]
+    n_context: int
+    heads: int
+    max_layer: int
+    sim_unit: torch.Tensor | None  # (U,) float64
+    sim_doc: torch.Tensor | None  # (D,) float64
+    meta: dict[str, Any]
+
+
+def cache_key(comp: GemFilterCompressor, max_layer: int, example: Example, embedder: Embedder | None) -> str:
+    """Key of one example's features: model architecture, layer, prompt settings, example, embedder."""
+    cfg = comp.config
+    parts = {
+        "v": FEATURE_VERSION,
+        "model": fingerprint(comp.model.config),
+        "layer": max_layer,
+        "template": cfg.template,
+        "separator": cfg.separator,
+        "chat": cfg.use_chat_template,
+        "query": cfg.scoring.query,
+        "example": [example.question, example.documents, example.positives, example.answers],
+        "embedder": embedder.name if embedder else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def labels_of(
+    prompt: Any, units: Sequence[tuple[int, int]], docs: Sequence[int], positives: Sequence[Any]
+) -> torch.Tensor:
+    """(U,) whether each unit's character span overlaps a positive (document, start, end) span."""
+    starts = [0]
+    for d in prompt.documents:
+        starts.append(starts[-1] + len(d.ids))
+    out = []
+    for (a, b), d in zip(units, docs, strict=True):
+        doc = prompt.documents[d]
+        lo, hi = doc.starts[a - starts[d]], doc.ends[b - 1 - starts[d]]
+        out.append(any(pd == d and ps < hi and pe > lo for pd, ps, pe in positives))
+    return torch.tensor(out, dtype=torch.bool)
+
+
+def extract(
+    comp: GemFilterCompressor,
+    examples: Sequence[Example],
+    max_layer: int,
+    cache: Path,
+    embedder: Embedder | None = None,
+    progress: Callable[[Any], Any] | None = None,
+) -> list[ExampleFeatures]:
+    """Features of every example that fits one pass of the model (longer ones are skipped)."""
+    probe = comp.with_options(filter_layer=max_layer, scorer="layer")
+    heads = attention_heads(comp.model.config)
+    cache.mkdir(parents=True, exist_ok=True)
+    out: list[ExampleFeatures] = []
+    iterator = progress(examples) if progress else examples
+    for ex in iterator:
+        path = cache / f"{cache_key(comp, max_layer, ex, embedder)}.pt"
+        if path.exists():
+            out.append(ExampleFeatures(**torch.load(path, weights_only=False)))
+            continue
+        (prompt,) = build_prompts(probe, [(ex.documents, ex.question)])
+        if comp.max_positions is not None and prompt.length > comp.max_positions:
+            continue
+        units = prompt_units(prompt, "sentence", UNIT_BUDGET)
+        flat, docs = units.units, units.documents
+        rows = query_positions(prompt.length, prompt.query_start, probe.config.scoring.query)
+        (item,) = run_passes(probe, [(prompt.input_ids, rows)], record=True)
+        assert item.attention is not None
+        raw = attention_features(item.attention[:, :, prompt.context_positions()], flat)  # (U, 2C)
+        starts = [0]
+        for d in prompt.documents:
+            starts.append(starts[-1] + len(d.ids))
+        texts = [unit_text(prompt, d, u, starts[d]) for u, d in zip(flat, docs, strict=True)]
+        sim_unit = sim_doc = None
+        if embedder is not None:
+            sim_unit = embedder.similarities(ex.question, texts)
+            sim_doc = embedder.similarities(ex.question, ex.documents)
+        record: dict[str, Any] = {
+            "id": ex.id,
+            "source": ex.source,
+            "raw": raw,
+            "units": flat,
+            "unit_docs": torch.tensor(docs, dtype=torch.long),
+            "labels": labels_of(prompt, flat, docs, ex.positives),
+            "texts": texts,
+            "answers": list(ex.answers),
+            "n_context": prompt.context_tokens,
+            "heads": heads,
+            "max_layer": max_layer,
+            "sim_unit": sim_unit,
+            "sim_doc": sim_doc,
+            "meta": dict(ex.meta),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+        out.append(ExampleFeatures(**record))
+    return out

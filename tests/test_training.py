@@ -1,0 +1,232 @@
+"""Readout training: labelled examples, cached features, the fit, the layer choice and the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
+
+from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.readout import ReadoutSet
+from gemfilter_rag.training import TrainingReport, choose_layer, train_readout
+from gemfilter_rag.training.examples import (
+    Example,
+    answer_spans,
+    chunk_paragraphs,
+    contains_answer,
+    hotpot_examples,
+    nq_examples,
+    squad_examples,
+)
+from gemfilter_rag.training.extract import extract
+from gemfilter_rag.training.fit import Design, cross_validate, fit_logistic, outcome
+
+# ---------------------------------------------------------------- examples and their labels
+
+
+def test_hotpot_positives_are_the_supporting_sentences() -> None:
+    record = {
+        "question": "Which city hosts the tower?",
+        "answer": "Paris",
+        "supporting_facts": [["Tower", 1], ["City", 0]],
+        "context": [
+            ["Tower", ["The tower is tall.", " It stands in Paris.", " It is old."]],
+            ["City", ["Paris is a city.", " It is big."]],
+            ["Other", ["Nothing here."]],
+        ],
+    }
+    yes_no = {**record, "answer": "yes"}
+    (ex,) = hotpot_examples([record, yes_no], [0, 1])  # the yes/no question is skipped
+    assert ex.documents[0] == "Tower\nThe tower is tall. It stands in Paris. It is old."
+    texts = [ex.documents[d][a:b] for d, a, b in ex.positives]
+    assert texts == ["It stands in Paris.", "Paris is a city."]
+
+
+def test_answer_spans_match_whole_words_only() -> None:
+    text = "The Parisian walked in Paris, then paris again."
+    assert [text[a:b] for a, b in answer_spans(text, ["Paris"])] == ["Paris", "paris"]
+    assert contains_answer("He was born in the U.S.A.!", ["u.s.a"]) and not contains_answer("Parisian", ["Paris"])
+
+
+def test_nq_examples_place_the_gold_among_its_nearest_passages() -> None:
+    records = [
+        {
+            "question": f"q{i}",
+            "answers": [f"ans{i}"],
+            "ctxs": [{"title": f"T{i}", "text": f"about ans{i} here", "isgold": True}],
+        }
+        for i in range(6)
+    ]
+    sims = {i: [float(-abs(i - j)) for j in range(6)] for i in range(6)}  # nearest passages: neighbours
+    (ex,) = nq_examples(records, [2], lambda i: sims[i], n_docs=4, seed=0)
+    assert len(ex.documents) == 4 and sum("ans2" in d for d in ex.documents) == 1
+    gold = next(i for i, d in enumerate(ex.documents) if "ans2" in d)
+    assert ex.positives == [(gold, ex.documents[gold].index("ans2"), ex.documents[gold].index("ans2") + 4)]
+    others = [d.split("\n")[0] for i, d in enumerate(ex.documents) if i != gold]
+    assert sorted(others) == ["T0", "T1", "T3"]  # the three most similar other passages
+    fixed = nq_examples(records, [2, 3], lambda i: sims[i], n_docs=4, positions=(1, 4))
+    assert [e.meta["position"] for e in fixed] == [1, 4, 1, 4]
+    assert fixed[0].positives[0][0] == 0 and fixed[1].positives[0][0] == 3
+
+
+def test_squad_positives_are_the_answer_spans() -> None:
+    data = {
+        "data": [
+            {
+                "title": "A",
+                "paragraphs": [
+                    {"context": "First paragraph.", "qas": []},
+                    {
+                        "context": "The river Elm flows north.",
+                        "qas": [{"id": "x", "question": "Where?", "answers": [{"text": "north", "answer_start": 20}]}],
+                    },
+                ],
+            }
+        ]
+    }
+    (ex,) = squad_examples(data, [0], lambda t: len(t.split()), max_tokens=100)
+    assert ex.documents == ["First paragraph.", "The river Elm flows north."]
+    d, a, b = ex.positives[0]
+    assert ex.documents[d][a:b] == "north" and ex.answers == ["north"]
+
+
+def test_chunks_keep_the_needle_whole() -> None:
+    text = TRAINING_TEXT * 3
+    start = text.index("Cambridge tells you")
+    span = (start, start + 40)
+    chunks, positives = chunk_paragraphs(text, span, max_chars=200)
+    assert "".join(chunks) == text
+    ((d, a, b),) = positives
+    assert chunks[d][a:b] == text[span[0] : span[1]]
+
+
+# ---------------------------------------------------------------- the fit
+
+
+def _design(x: torch.Tensor, y: list[int], source: str = "s") -> Design:
+    from gemfilter_rag.training.extract import ExampleFeatures
+
+    n = x.shape[0]
+    ex = ExampleFeatures(
+        id="e", source=source, raw=torch.zeros(n, 2), units=[(i, i + 1) for i in range(n)],
+        unit_docs=torch.zeros(n, dtype=torch.long), labels=torch.tensor(y, dtype=torch.bool),
+        texts=[f"w{i}" for i in range(n)], answers=[f"w{y.index(1)}"], n_context=n, heads=1, max_layer=0,
+        sim_unit=None, sim_doc=None, meta={},
+    )  # fmt: skip
+    return Design(x.double(), torch.tensor(y, dtype=torch.float64), ex)
+
+
+def test_fit_logistic_learns_a_separating_feature_and_outcome_keeps_the_answer() -> None:
+    g = torch.Generator().manual_seed(0)
+    designs = []
+    for _ in range(20):
+        y = [0] * 9 + [1]
+        x = torch.randn(10, 3, generator=g)
+        x[:, 1] = torch.tensor(y, dtype=torch.float32) * 3 + 0.1 * torch.randn(10, generator=g)  # the signal
+        designs.append(_design(x, y))
+    w, b = fit_logistic(designs, l2=1e-3)
+    assert float(w[1]) > 1.0 and abs(float(w[1])) > 5 * max(abs(float(w[0])), abs(float(w[2])))
+    assert all(outcome(d, w, b, budget=1) == (True, True) for d in designs)  # one unit of budget: the right one
+
+
+def test_fit_refuses_examples_without_both_labels() -> None:
+    with pytest.raises(ValueError, match="positive and negative"):
+        fit_logistic([_design(torch.zeros(3, 2), [1, 1, 1])], l2=0.0)
+
+
+def test_choose_layer_takes_the_earliest_within_tolerance() -> None:
+    per_layer = {i: {"answer_kept": {"all": v}} for i, v in enumerate([0.5, 0.78, 0.80, 0.79])}
+    assert choose_layer(per_layer, 0.02) == 1
+    assert choose_layer(per_layer, 0.0) == 2
+
+
+# ---------------------------------------------------------------- extraction and training on a tiny model
+
+
+def _examples() -> list[Example]:
+    """Questions whose answer sits in one labelled sentence among the training paragraphs."""
+    paragraphs = [p.replace("\n", " ") for p in TRAINING_TEXT.split("\n\n")]
+    facts = [
+        ("What does Cambridge tell you?", "Cambridge tells you", "smarter"),
+        ("When were startups cheap?", "Startups in 2005", "2005"),
+        ("What do founders build?", "Founders often", "features"),
+        ("What did Dr. Smith say?", "Dr. Smith said", "good"),
+        ("What does New York tell you?", "New York tells you", "money"),
+        ("What does writing find?", "When you write", "think"),
+    ]
+    out = []
+    for k, (q, anchor, answer) in enumerate(facts):
+        d = next(i for i, p in enumerate(paragraphs) if anchor in p)
+        a = paragraphs[d].index(anchor)
+        b = paragraphs[d].index(".", paragraphs[d].index(answer)) + 1
+        out.append(Example(f"t{k}", "toy" if k % 2 else "toy2", q, paragraphs, [answer], [(d, a, b)]))
+    return out
+
+
+def test_extract_caches_and_train_readout_writes_a_usable_readout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    comp = GemFilterCompressor(build_model("llama"), build_tokenizer())
+    examples = _examples()
+    feats = extract(comp, examples, 2, tmp_path)
+    assert len(feats) == len(examples)
+    f = feats[0]
+    assert f.raw.shape == (len(f.units), 2 * 3 * 4) and f.labels.any() and not f.labels.all()
+    labelled = [t for t, y in zip(f.texts, f.labels.tolist(), strict=True) if y]
+    assert any("Cambridge tells you" in t for t in labelled)
+    import importlib
+
+    extract_module = importlib.import_module("gemfilter_rag.training.extract")
+
+    def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("cached features must not run the model again")
+
+    monkeypatch.setattr(extract_module, "run_passes", no_model)
+    again = extract(comp, examples, 2, tmp_path)
+    assert [torch.equal(a.raw, b.raw) for a, b in zip(feats, again, strict=True)] == [True] * len(feats)
+    readouts, report = train_readout(
+        comp, examples, embedder=None, max_layer=2, budget=16, folds=2, cache=tmp_path, log=lambda s: None
+    )
+    assert isinstance(report, TrainingReport) and set(report.per_layer) == {0, 1, 2}
+    assert readouts.layer == report.chosen_layer and set(readouts.variants) == {"attention"}
+    assert readouts.provenance["examples"] == {"toy": 3, "toy2": 3}
+    cv = cross_validate(again, readouts.layer, "attention", 1e-2, 16, folds=2)
+    assert set(cv["answer_kept"]) == {"toy", "toy2", "all"}
+    # the readout goes into a profile and the compressor uses it at its layer
+    from gemfilter_rag.profiles import Profile, fingerprint
+
+    profile = Profile("tiny", fingerprint(comp.model.config), readouts.layer, readout=readouts.to_dict())
+    path = tmp_path / "tiny.json"
+    profile.save(path)
+    loaded = GemFilterCompressor(comp.model, comp.tokenizer, profile=str(path))
+    assert isinstance(loaded.readouts, ReadoutSet) and loaded.filter_layer == readouts.layer
+    res = loaded.compress(examples[0].documents, examples[0].question, top_k=24)
+    assert res.compressed_tokens <= 24 and res.filter_layer == readouts.layer
+
+
+def test_train_readout_command_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "tiny"
+    build_model("qwen2").save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    import gemfilter_rag.training as training
+
+    monkeypatch.setattr(training, "build_examples", lambda tok, emb, sizes, seed=0: _examples())
+    monkeypatch.setenv("GEMFILTER_CACHE", str(tmp_path / "cache"))
+    from gemfilter_rag.cli import main
+
+    out = tmp_path / "out"
+    code = main(
+        ["train-readout", "--model", str(model_dir), "--out", str(out), "--no-embeddings", "--max-layer", "1"]
+        + ["--folds", "2", "--budget", "16", "--name", "Tiny Qwen"]
+    )
+    assert code == 0
+    profile = json.loads((out / "tiny-qwen.json").read_text())
+    assert profile["name"] == "Tiny Qwen" and profile["readout"]["layer"] == profile["filter_layer"] <= 1
+    assert profile["source"].startswith("trained: gemfilter train-readout")
+    report = json.loads((out / "tiny-qwen.report.json").read_text())
+    assert set(report["per_layer"]) == {"0", "1"}
+    assert main(["train-readout", "--model", str(model_dir), "--max-layer", "9"]) == 2  # outside the model
