@@ -11,13 +11,13 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml)
 
-.PHONY: venv demo test test-fast test-long lint bench bench-standard bench-needle bench-speed calibrate clean
+.PHONY: venv demo serve test test-fast test-long test-ray lint bench bench-standard bench-needle bench-speed bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
 	touch $@
 
 venv: $(STAMP)
@@ -25,11 +25,17 @@ venv: $(STAMP)
 demo: $(STAMP)  ## the main job: plain RAG vs GemFilter RAG on the essays, offline
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)  ## unit tests on tiny models + the real-model suite
+serve: $(STAMP)  ## the compression service on the embedded default model, http://127.0.0.1:8000 (Ctrl-C stops it)
+	$(BIN)/gemfilter serve --host 127.0.0.1 --port 8000
+
+test: $(STAMP)  ## unit tests on tiny models + the real-model suite (the service and Ray Serve included)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## tiny models only
-	$(BIN)/python -m pytest -q -m "not slow and not gpu and not real" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not real and not ray" $(PYTEST_ARGS)
+
+test-ray: $(STAMP)  ## only the Ray Serve tests (a local Ray instance, two replicas)
+	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS)
 
 test-long: $(STAMP)  ## property tests with many more examples
 	GEMFILTER_HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
@@ -51,6 +57,9 @@ bench-needle: $(STAMP)  ## needle benchmark of every scoring and granularity (is
 
 bench-speed: $(STAMP)  ## filter pass vs full prefill, and end-to-end generation, on the default model
 	$(BIN)/python -m benchmarks.speed
+
+bench-serve: $(STAMP)  ## the service under 1-64 concurrent clients, batching vs none, load shedding, faults (~15 min)
+	$(BIN)/python -m benchmarks.serve
 
 calibrate: $(STAMP)  ## measure the best filter layer of the default model
 	$(BIN)/gemfilter calibrate --budget 256

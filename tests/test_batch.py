@@ -114,3 +114,27 @@ def test_prompts_longer_than_the_model_fall_back_to_windows(make_compressor: Cal
         comp.generate(long_docs, "Who left?", max_new_tokens=4, top_k=100_000)
     res = comp.generate(long_docs, "Who left?", max_new_tokens=4, top_k=20)
     assert isinstance(res, GenerationResult) and res.compression.compressed_tokens == 20
+
+
+def test_per_item_budgets_and_retriever_scores_equal_one_by_one(make_compressor: Callable[..., Any], arch: str) -> None:
+    from gemfilter_rag.batch import compress_prompts
+
+    comp = make_compressor(arch, granularity="sentence")
+    budgets = [8, None, 12]
+    scores = [[0.2, 0.9], None, [0.5, 0.1, 0.7]]
+    batched = compress_prompts(
+        comp, build_prompts(comp, ITEMS), [q for _, q in ITEMS], top_k=budgets, document_scores=scores
+    )
+    single = [
+        comp.compress(d, q, top_k=k, document_scores=s) for (d, q), k, s in zip(ITEMS, budgets, scores, strict=True)
+    ]
+    assert [b.kept_token_indices for b in batched] == [s.kept_token_indices for s in single]
+    assert [b.text for b in batched] == [s.text for s in single]
+    assert single[0].kept_token_indices != comp.compress(*ITEMS[0], top_k=8).kept_token_indices  # the scores count
+    assert comp.compress_batch(ITEMS, top_k=12, document_scores=scores)[2].text == single[2].text
+    with pytest.raises(ValueError, match="top_k"):
+        compress_prompts(comp, build_prompts(comp, ITEMS), [q for _, q in ITEMS], top_k=[8, 8])
+    with pytest.raises(ValueError, match="document_scores"):
+        comp.compress_batch(ITEMS, document_scores=[None])
+    with pytest.raises(ValueError, match=r"document_scores"):
+        comp.compress_batch(ITEMS, document_scores=[[1.0], None, None])

@@ -13,7 +13,7 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor
+from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
 
 
 class GemFilterDocumentCompressor(BaseDocumentCompressor):
@@ -28,6 +28,10 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     document's position in the input). Documents of which nothing was kept are left out of the
     list; ``compress_with_result`` (and ``last_result``) give the full per-document accounting.
 
+    With ``endpoint`` set, no model is loaded: the documents go to a ``gemfilter serve`` service
+    (``RemoteGemFilterCompressor``; the async path uses the async HTTP client) and come back mapped
+    exactly as a local call maps them.
+
     Args:
         compressor: an existing ``GemFilterCompressor``, so that one loaded model serves several
             chains (and can also answer). Without it, one is loaded from ``model`` on first use.
@@ -36,6 +40,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     Example::
 
         compressor = GemFilterDocumentCompressor(top_k=512)  # embedded default model
+        compressor = GemFilterDocumentCompressor(top_k=512, endpoint="http://127.0.0.1:8000")  # a service
         retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
     """
 
@@ -93,7 +98,21 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         "document has one.",
     )
 
-    _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
+    endpoint: str | None = Field(
+        default=None,
+        description="Base URL of a `gemfilter serve` service (e.g. 'http://127.0.0.1:8000') to compress on "
+        "instead of a local model; None compresses in this process.",
+    )
+    timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for the service's answer (with `endpoint`)."
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries when the service answers 429/503, after its Retry-After (with `endpoint`).",
+    )
+
+    _compressor: GemFilterCompressor | RemoteGemFilterCompressor | None = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
     _last_result: CompressionResult | None = PrivateAttr(default=None)
 
@@ -105,19 +124,35 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
                     f"compressor: expected a GemFilterCompressor, got {type(compressor).__name__}; "
                     "build one with GemFilterCompressor.from_pretrained() or pass model= instead."
                 )
-            if self.model is not None:
-                raise ValueError(
-                    f"model: {self.model!r} was given together with an existing compressor; pass one of them."
-                )
+            if self.model is not None or self.endpoint is not None:
+                name, value = ("model", self.model) if self.model is not None else ("endpoint", self.endpoint)
+                raise ValueError(f"{name}: {value!r} was given together with an existing compressor; pass one of them.")
             self._compressor = compressor.with_options(**self._config_options())
             if not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
                 self._compressor = self._compressor.with_embeddings(self.embeddings)
+        elif self.endpoint is not None and self.model is not None:
+            raise ValueError(
+                f"model: {self.model!r} was given together with endpoint={self.endpoint!r}; the service's "
+                "model compresses (gemfilter serve --model), so pass one of them."
+            )
+        elif self.endpoint is not None and not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+            raise ValueError(
+                f"embeddings: an embedding model was given together with endpoint={self.endpoint!r}; the service "
+                "embeds with its own model (from_pretrained's default), so leave embeddings='auto'."
+            )
 
     @property
-    def compressor(self) -> GemFilterCompressor:
-        """The ``GemFilterCompressor`` in use, loaded on first access when none was given."""
+    def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        """The compressor in use: local (loaded on first access when none was given), or the service's client."""
         if self._compressor is None:
             with self._lock:
+                if self._compressor is None and self.endpoint is not None:
+                    self._compressor = RemoteGemFilterCompressor(
+                        self.endpoint,
+                        timeout=self.timeout,
+                        max_retries=self.max_retries,
+                        options=self._config_options(),
+                    )
                 if self._compressor is None:
                     extra = (
                         {}
@@ -145,27 +180,47 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
 
         Returns ``([], None)`` for an empty list of documents, without loading the model.
         """
+        docs, scores = self._inputs(documents, query)
+        if not docs:
+            return [], None
+        result = self.compressor.compress(
+            [d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores
+        )
+        return self._outputs(docs, result), result
+
+    async def acompress_with_result(
+        self, documents: Sequence[Document], query: str
+    ) -> tuple[list[Document], CompressionResult | None]:
+        """``compress_with_result`` for the event loop: the service's async client with ``endpoint``,
+        else the local model in a worker thread."""
+        if self.endpoint is None:
+            return await asyncio.to_thread(self.compress_with_result, documents, query)
+        docs, scores = self._inputs(documents, query)
+        if not docs:
+            return [], None
+        remote = self.compressor
+        assert isinstance(remote, RemoteGemFilterCompressor)
+        result = await remote.acompress([d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores)
+        return self._outputs(docs, result), result
+
+    def _inputs(self, documents: Sequence[Document], query: str) -> tuple[list[Document], list[Any] | None]:
+        """The checked documents and their retriever scores (None unless every document has one)."""
         docs = list(documents)
         for i, doc in enumerate(docs):
             if not isinstance(doc, Document):
                 raise TypeError(f"documents[{i}]: expected a langchain Document, got {type(doc).__name__}.")
-        if not docs:
-            return [], None
-        if not isinstance(query, str) or not query.strip():
+        if docs and (not isinstance(query, str) or not query.strip()):
             raise ValueError(f"query: {query!r} is empty; pass the question the documents must answer.")
-        result = self.compressor.compress(
-            [d.page_content for d in docs],
-            query,
-            top_k=self.top_k,
-            document_scores=retriever_scores(docs, self.score_key),
-        )
+        return docs, retriever_scores(docs, self.score_key)
+
+    def _outputs(self, docs: list[Document], result: CompressionResult) -> list[Document]:
+        """One ``Document`` per input that kept text, in input order (the same for local and remote results)."""
         self._last_result = result
-        out = [
+        return [
             _compressed_document(docs[r.index], r, result.filter_layer, self.metadata_key)
             for r in result.documents
             if r.kept
         ]
-        return out, result
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -176,8 +231,9 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        """Like ``compress_documents``, run in a worker thread so that the event loop keeps running."""
-        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)
+        """Like ``compress_documents``, without blocking the event loop: the async HTTP client with
+        ``endpoint``, else a worker thread."""
+        return (await self.acompress_with_result(documents, query))[0]
 
     def _config_options(self) -> dict[str, Any]:
         opts = dict(self.options)

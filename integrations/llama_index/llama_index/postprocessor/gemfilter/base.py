@@ -10,7 +10,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor
+from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
 
 
 class GemFilterNodePostprocessor(BaseNodePostprocessor):
@@ -26,6 +26,10 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     was kept are left out; ``compress_with_result`` (and ``last_result``) give the full
     per-node accounting.
 
+    With ``endpoint`` set, no model is loaded: the nodes go to a ``gemfilter serve`` service
+    (``RemoteGemFilterCompressor``; the async path uses the async HTTP client) and come back mapped
+    exactly as a local call maps them.
+
     Args:
         compressor: an existing ``GemFilterCompressor``, so that one loaded model serves several
             query engines (and can also answer). Without it, one is loaded from ``model`` on first use.
@@ -34,6 +38,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     Example::
 
         postprocessor = GemFilterNodePostprocessor(top_k=512)  # embedded default model
+        postprocessor = GemFilterNodePostprocessor(top_k=512, endpoint="http://127.0.0.1:8000")  # a service
         engine = index.as_query_engine(similarity_top_k=10, node_postprocessors=[postprocessor])
     """
 
@@ -85,7 +90,21 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         "node has no score.",
     )
 
-    _compressor: GemFilterCompressor | None = PrivateAttr(default=None)
+    endpoint: str | None = Field(
+        default=None,
+        description="Base URL of a `gemfilter serve` service (e.g. 'http://127.0.0.1:8000') to compress on "
+        "instead of a local model; None compresses in this process.",
+    )
+    timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for the service's answer (with `endpoint`)."
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries when the service answers 429/503, after its Retry-After (with `endpoint`).",
+    )
+
+    _compressor: GemFilterCompressor | RemoteGemFilterCompressor | None = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
     _last_result: CompressionResult | None = PrivateAttr(default=None)
 
@@ -97,13 +116,22 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
                     f"compressor: expected a GemFilterCompressor, got {type(compressor).__name__}; "
                     "build one with GemFilterCompressor.from_pretrained() or pass model= instead."
                 )
-            if self.model is not None:
-                raise ValueError(
-                    f"model: {self.model!r} was given together with an existing compressor; pass one of them."
-                )
+            if self.model is not None or self.endpoint is not None:
+                name, value = ("model", self.model) if self.model is not None else ("endpoint", self.endpoint)
+                raise ValueError(f"{name}: {value!r} was given together with an existing compressor; pass one of them.")
             self._compressor = compressor.with_options(**self._config_options())
             if not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
                 self._compressor = self._compressor.with_embeddings(self.embeddings)
+        elif self.endpoint is not None and self.model is not None:
+            raise ValueError(
+                f"model: {self.model!r} was given together with endpoint={self.endpoint!r}; the service's "
+                "model compresses (gemfilter serve --model), so pass one of them."
+            )
+        elif self.endpoint is not None and not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
+            raise ValueError(
+                f"embeddings: an embedding model was given together with endpoint={self.endpoint!r}; the service "
+                "embeds with its own model (from_pretrained's default), so leave embeddings='auto'."
+            )
 
     @classmethod
     def class_name(cls) -> str:
@@ -111,10 +139,17 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         return "GemFilterNodePostprocessor"
 
     @property
-    def compressor(self) -> GemFilterCompressor:
-        """The ``GemFilterCompressor`` in use, loaded on first access when none was given."""
+    def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        """The compressor in use: local (loaded on first access when none was given), or the service's client."""
         if self._compressor is None:
             with self._lock:
+                if self._compressor is None and self.endpoint is not None:
+                    self._compressor = RemoteGemFilterCompressor(
+                        self.endpoint,
+                        timeout=self.timeout,
+                        max_retries=self.max_retries,
+                        options=self._config_options(),
+                    )
                 if self._compressor is None:
                     extra = (
                         {}
@@ -142,6 +177,31 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
 
         Returns ``([], None)`` for an empty list of nodes, without loading the model.
         """
+        nodes, query, texts, scores = self._inputs(nodes, query_bundle)
+        if not nodes:
+            return [], None
+        result = self.compressor.compress(texts, query, top_k=self.top_k, document_scores=scores)
+        return self._outputs(nodes, result), result
+
+    async def acompress_with_result(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[list[NodeWithScore], CompressionResult | None]:
+        """``compress_with_result`` for the event loop: the service's async client with ``endpoint``,
+        else the local model in a worker thread."""
+        if self.endpoint is None:
+            return await asyncio.to_thread(self.compress_with_result, nodes, query_bundle)
+        nodes, query, texts, scores = self._inputs(nodes, query_bundle)
+        if not nodes:
+            return [], None
+        remote = self.compressor
+        assert isinstance(remote, RemoteGemFilterCompressor)
+        result = await remote.acompress(texts, query, top_k=self.top_k, document_scores=scores)
+        return self._outputs(nodes, result), result
+
+    def _inputs(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[list[NodeWithScore], str, list[str], list[Any] | None]:
+        """The checked nodes, the query, the texts and the retriever scores (None unless used)."""
         if query_bundle is None:
             raise ValueError(
                 "query_bundle: is None, but GemFilter needs the query to compress for; pass "
@@ -152,23 +212,21 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         for i, item in enumerate(nodes):
             if not isinstance(item, NodeWithScore):
                 raise TypeError(f"nodes[{i}]: expected a NodeWithScore, got {type(item).__name__}.")
-        if not nodes:
-            return [], None
-        if not isinstance(query, str) or not query.strip():
+        if nodes and (not isinstance(query, str) or not query.strip()):
             raise ValueError(f"query_bundle.query_str: {query!r} is empty; pass the question the nodes must answer.")
         texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
         scores = [item.score for item in nodes]
         use_scores = self.use_node_scores and all(isinstance(x, (int, float)) for x in scores)
-        result = self.compressor.compress(
-            texts, query, top_k=self.top_k, document_scores=scores if use_scores else None
-        )
+        return nodes, query, texts, scores if use_scores else None
+
+    def _outputs(self, nodes: list[NodeWithScore], result: CompressionResult) -> list[NodeWithScore]:
+        """One node per input that kept text, in input order (the same for local and remote results)."""
         self._last_result = result
-        out = [
+        return [
             _compressed_node(nodes[r.index], r, result.filter_layer, self.metadata_key)
             for r in result.documents
             if r.kept
         ]
-        return out, result
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -179,8 +237,9 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        """Like ``_postprocess_nodes``, run in a worker thread so that the event loop keeps running."""
-        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+        """Like ``_postprocess_nodes``, without blocking the event loop: the async HTTP client with
+        ``endpoint``, else a worker thread."""
+        return (await self.acompress_with_result(nodes, query_bundle))[0]
 
     def _config_options(self) -> dict[str, Any]:
         opts = dict(self.options)

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the service (``GET /metrics``), in a registry of its own per app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+ERROR_KINDS = (
+    "bad_json",
+    "validation",
+    "too_large",
+    "queue_full",
+    "shutting_down",
+    "client_disconnected",
+    "internal",
+)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+
+
+class ServeMetrics:
+    """Requests, errors by kind, batch sizes, queue wait and compute seconds, tokens in and out, queue depth."""
+
+    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("gemfilter_requests", "Requests to /v1/compress by HTTP status", ["status"], registry=r)
+        self.errors = Counter("gemfilter_errors", "Failed requests by kind", ["kind"], registry=r)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        self.batch_size = Histogram(
+            "gemfilter_batch_size", "Requests per batched model pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "gemfilter_queue_wait_seconds",
+            "Seconds a request waited for its batch",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "gemfilter_compute_seconds", "Seconds of one batch in the model thread", buckets=SECONDS_BUCKETS, registry=r
+        )
+        self.latency = Histogram(
+            "gemfilter_request_seconds",
+            "Seconds from a request's arrival to its answer (200 only)",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.tokens_in = Counter("gemfilter_context_tokens", "Context tokens received (200 only)", registry=r)
+        self.tokens_out = Counter("gemfilter_kept_tokens", "Context tokens kept (200 only)", registry=r)
+        Gauge("gemfilter_queue_depth", "Requests waiting for the model", registry=r).set_function(queue_depth)
+        Gauge("gemfilter_in_flight", "Requests received and not yet answered", registry=r).set_function(in_flight)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

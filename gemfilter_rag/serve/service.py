@@ -1,0 +1,377 @@
+"""What ``POST /v1/compress`` does: read within limits, validate, batch, answer; and the graceful drain.
+
+A request goes through: the door (503 while draining), the body read (413 past ``max_request_bytes``),
+JSON and the library's checks (422), the documents limit (413), its options (a sibling compressor
+sharing the model; 422 for a bad option), a cheap queue check (429), tokenization in a thread and the
+context-token limit (413), then the batcher (429 if the queue filled meanwhile). Requests with the same
+options share a batched filter pass (``gemfilter_rag.pipeline.compress_prompts``, per-request budgets and
+retriever scores). A client that disconnects while waiting leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from ..compressor import GemFilterCompressor
+from ..pipeline import compress_prompts
+from ..prompt import FilterPrompt, build_prompt
+from ..result import CompressionResult
+from .batcher import Batcher, BatchStats, ClosedError, QueueFullError
+from .metrics import ServeMetrics
+from .schema import CompressRequest, field_of, validation_message
+from .settings import ServeSettings
+
+log = logging.getLogger("gemfilter_rag.serve")
+MAX_SIBLINGS = 64
+
+
+class ServiceError(Exception):
+    """An answer other than 200: status, error kind and a message that names the field and the fix."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        field: str | None = None,
+        exception: str | None = None,
+        limit: int | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.field = field
+        self.exception = exception
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        """The JSON answer (``ErrorResponse``), with Retry-After when the client should come back."""
+        body = {
+            "error": {
+                "kind": self.kind,
+                "message": self.message,
+                "field": self.field,
+                "exception": self.exception,
+                "limit": self.limit,
+            }
+        }
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+@dataclass
+class _Item:
+    """One admitted request, as the model thread needs it."""
+
+    compressor: GemFilterCompressor
+    prompt: FilterPrompt
+    query: str
+    top_k: int | None
+    scores: list[float] | None
+    tokenize_s: float
+    submitted: float = 0.0
+
+
+class CompressionService:
+    """The state behind the app: one compressor, its batcher, the metrics and the drain flag."""
+
+    def __init__(self, compressor: GemFilterCompressor, settings: ServeSettings) -> None:
+        self.compressor = compressor
+        self.settings = settings
+        self.batcher = Batcher(
+            self._run,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            on_batch=self._observe,
+        )
+        self.metrics = ServeMetrics(lambda: self.batcher.depth, lambda: self.in_flight)
+        self.in_flight = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+        self._siblings: OrderedDict[str, GemFilterCompressor] = OrderedDict()
+
+    # ------------------------------------------------------------------ requests
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one ``POST /v1/compress``."""
+        started = time.monotonic()
+        if self.draining:
+            return self._fail(ServiceError(503, "shutting_down", _DRAINING, retry_after=1))
+        self.in_flight += 1
+        try:
+            result = await self._compress(request)
+        except ServiceError as err:
+            return self._fail(err)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # nothing a client sends may take the worker down
+            log.exception("internal error in /v1/compress")
+            return self._fail(
+                ServiceError(500, "internal", f"internal: {type(err).__name__}: {err}; the server keeps running.")
+            )
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+        if result is None:  # the client went away
+            self.metrics.errors.labels("client_disconnected").inc()
+            self.metrics.requests.labels("499").inc()
+            return Response(status_code=499)
+        self.metrics.requests.labels("200").inc()
+        self.metrics.latency.observe(time.monotonic() - started)
+        self.metrics.tokens_in.inc(result.original_tokens)
+        self.metrics.tokens_out.inc(result.compressed_tokens)
+        return JSONResponse(result_json(result))
+
+    async def _compress(self, request: Request) -> CompressionResult | None:
+        try:
+            body = await self._read_body(request)
+        except ClientDisconnect:  # the client went away while sending
+            return None
+        req = _parse(body)
+        if len(req.documents) > self.settings.max_documents:
+            raise ServiceError(
+                413,
+                "too_large",
+                f"documents: {len(req.documents)} documents exceed this server's limit of "
+                f"{self.settings.max_documents} (--max-documents); send fewer, or split the request.",
+                field="documents",
+                exception="ValueError",
+                limit=self.settings.max_documents,
+            )
+        key, compressor = self._sibling(req.options)
+        self._check_room()
+        item = await asyncio.to_thread(self._admit, compressor, req)
+        return await self._submit(request, key, item)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large_body(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large_body(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _sibling(self, options: dict[str, Any]) -> tuple[str, GemFilterCompressor]:
+        """The compressor for these options (cached: siblings share the model), or a 422."""
+        key = json.dumps(options, sort_keys=True)
+        found = self._siblings.get(key)
+        if found is None:
+            try:
+                found = self.compressor.with_options(**options)
+            except (TypeError, ValueError) as err:
+                named = field_of(str(err))
+                field = f"options.{named}" if named else "options"
+                raise ServiceError(422, "validation", str(err), field=field, exception=type(err).__name__) from None
+            self._siblings[key] = found
+            if len(self._siblings) > MAX_SIBLINGS:
+                self._siblings.popitem(last=False)
+        else:
+            self._siblings.move_to_end(key)
+        return key, found
+
+    def _check_room(self) -> None:
+        try:
+            self.batcher.check_room()
+        except QueueFullError as err:
+            raise _queue_full(err, self.settings.max_queue) from None
+        except ClosedError:
+            raise ServiceError(503, "shutting_down", _DRAINING, retry_after=1) from None
+
+    def _admit(self, compressor: GemFilterCompressor, req: CompressRequest) -> _Item:
+        """Tokenize (in a worker thread) and check the context-token limit."""
+        t0 = time.perf_counter()
+        cfg = compressor.config
+        try:
+            prompt = build_prompt(
+                compressor.tokenizer,
+                req.documents,
+                req.query,
+                separator=cfg.separator,
+                template=cfg.template,
+                use_chat_template=cfg.use_chat_template,
+            )
+        except (TypeError, ValueError) as err:
+            raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
+        limit = self.settings.max_context_tokens
+        if prompt.context_tokens > limit:
+            raise ServiceError(
+                413,
+                "too_large",
+                f"documents: {prompt.context_tokens} context tokens exceed this server's limit of {limit} "
+                "(--max-context-tokens); send fewer or shorter documents, or split the request.",
+                field="documents",
+                exception="ValueError",
+                limit=limit,
+            )
+        return _Item(compressor, prompt, req.query, req.top_k, req.document_scores, time.perf_counter() - t0)
+
+    async def _submit(self, request: Request, key: str, item: _Item) -> CompressionResult | None:
+        item.submitted = time.monotonic()
+        job = asyncio.ensure_future(self.batcher.submit(key, item))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not job.done():  # the client disconnected first: leave the queue
+            job.cancel()
+            return None
+        try:
+            return job.result()
+        except QueueFullError as err:
+            raise _queue_full(err, self.settings.max_queue) from None
+        except ClosedError:
+            raise ServiceError(503, "shutting_down", _DRAINING, retry_after=1) from None
+        except (TypeError, ValueError) as err:
+            raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
+        except MemoryError as err:
+            raise ServiceError(413, "too_large", str(err), field="documents", exception=type(err).__name__) from None
+
+    def _run(self, key: Hashable, items: list[_Item]) -> list[CompressionResult]:
+        """One batch, in the model thread: one padded filter pass for requests with the same options."""
+        started = time.monotonic()
+        results = compress_prompts(
+            items[0].compressor,
+            [i.prompt for i in items],
+            [i.query for i in items],
+            top_k=[i.top_k for i in items],
+            batch_size=len(items),
+            document_scores=[i.scores for i in items],
+        )
+        for r, i in zip(results, items, strict=True):
+            r.timings["tokenize"] = i.tokenize_s
+            r.timings["total"] += i.tokenize_s
+            r.timings["queue"] = started - i.submitted
+        return results
+
+    def _observe(self, stats: BatchStats) -> None:
+        self.metrics.batch_size.observe(stats.size)
+        self.metrics.compute.observe(stats.compute_s)
+        for wait in stats.queue_waits:
+            self.metrics.queue_wait.observe(wait)
+
+    def _fail(self, err: ServiceError) -> JSONResponse:
+        self.metrics.requests.labels(str(err.status)).inc()
+        self.metrics.errors.labels(err.kind).inc()
+        return err.response()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def drain(self, timeout: float) -> bool:
+        """Answer new requests with 503 and wait up to ``timeout`` s for those in flight; True if all finished."""
+        self.draining = True
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        if self.in_flight == 0:
+            return True
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the batcher (after the requests it holds)."""
+        self.draining = True
+        await self.batcher.close()
+
+    def health(self) -> dict[str, Any]:
+        """The body of ``GET /health``."""
+        return {
+            "status": "draining" if self.draining else "ok",
+            "model_loaded": self.compressor is not None,
+            "model": type(self.compressor.model).__name__,
+            "filter_layer": self.compressor.filter_layer,
+            "queue_depth": self.batcher.depth,
+            "running": self.batcher.running,
+            "in_flight": self.in_flight,
+            "max_queue": self.settings.max_queue,
+            "max_batch": self.settings.max_batch,
+        }
+
+
+_DRAINING = "server: shutting down and not taking new requests; retry on another replica or after a restart."
+
+
+def result_json(result: CompressionResult) -> dict[str, Any]:
+    """``result.to_dict()`` as strict JSON: an infinite ratio becomes null."""
+    data = result.to_dict()
+    if not math.isfinite(data["ratio"]):
+        data["ratio"] = None
+    return data
+
+
+def _parse(body: bytes) -> CompressRequest:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise ServiceError(
+            422,
+            "bad_json",
+            f"body: is not valid JSON ({type(err).__name__}{where}); send a JSON object such as "
+            '{"documents": ["..."], "query": "..."} with Content-Type: application/json.',
+            field="body",
+            exception="ValueError",
+        ) from None
+    try:
+        return CompressRequest.model_validate(data)
+    except ValidationError as err:
+        message, field, exception = validation_message(err.errors()[0])
+        raise ServiceError(422, "validation", message, field=field, exception=exception) from None
+
+
+def _too_large_body(size: int, limit: int) -> ServiceError:
+    return ServiceError(
+        413,
+        "too_large",
+        f"body: {size} bytes exceed this server's limit of {limit} bytes (--max-request-bytes); "
+        "send fewer or shorter documents, or split the request.",
+        field="body",
+        exception="ValueError",
+        limit=limit,
+    )
+
+
+def _queue_full(err: QueueFullError, limit: int) -> ServiceError:
+    return ServiceError(
+        429,
+        "queue_full",
+        f"queue: {err.depth} requests are already waiting (--max-queue {limit}); retry after "
+        f"{err.retry_after} s (the Retry-After header), or add replicas.",
+        limit=limit,
+        retry_after=err.retry_after,
+    )
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has disconnected (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
