@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small lengths only (a smoke run)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per measurement, fastest kept (default 1)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement, fastest kept (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     parser.add_argument("--model", default=None, help="a transformers model directory (default: the embedded model)")

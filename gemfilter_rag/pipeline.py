@@ -93,8 +93,11 @@ def run_passes(
 
     Right padding: a causal model never lets a real token see a padding token after it, and every
     real token keeps its unpadded position, so each item gets what a pass of its own gives. Keys
-    are sliced back to the item's length, so padded keys never enter a softmax. With ``record`` the
-    rows' attention at every layer ``0..r`` is kept too (``PassItem.attention``).
+    are sliced back to the item's length, so padded keys never enter a softmax. No padding mask is
+    passed for the same reason: the causal mask alone is exact for real tokens, and it keeps SDPA on
+    its causal kernel (on a 2-core CPU a masked batch of 8 prompts of 1.6K tokens took 13.4 s, the
+    same batch unmasked 10.0 s, one by one 11.0 s). With ``record`` the rows' attention at every
+    layer ``0..r`` is kept too (``PassItem.attention``).
     """
     device = device_of(comp.model)
     lengths = [int(ids.shape[0]) for ids, _ in inputs]
@@ -110,15 +113,11 @@ def run_passes(
     )
     if len(inputs) == 1:
         ids = inputs[0][0][None].to(device)  # (1, T)
-        mask = None
     else:
-        pad = _pad_id(comp.tokenizer)
-        ids = torch.full((len(inputs), longest), pad, dtype=torch.long)  # (B, T)
-        mask_cpu = torch.zeros((len(inputs), longest), dtype=torch.long)  # (B, T)
+        ids = torch.full((len(inputs), longest), _pad_id(comp.tokenizer), dtype=torch.long)  # (B, T)
         for i, (x, _) in enumerate(inputs):
             ids[i, : x.shape[0]] = x
-            mask_cpu[i, : x.shape[0]] = 1
-        ids, mask = ids.to(device), mask_cpu.to(device)
+        ids = ids.to(device)
     stacks: list[list[torch.Tensor]] = [[] for _ in inputs]
 
     def observe(layer: int, cap: early_exit.LayerCapture) -> None:
@@ -128,7 +127,7 @@ def run_passes(
             stacks[i].append(row_attention(q, k, r, cap.scaling, cap.sliding_window)[0].float())  # (H, T_i)
 
     capture = early_exit.capture_layer(
-        comp.model, ids, comp.filter_layer, attention_mask=mask, observe=observe if record else None
+        comp.model, ids, comp.filter_layer, attention_mask=None, observe=observe if record else None
     )
     out = []
     for i, r in enumerate(rows):

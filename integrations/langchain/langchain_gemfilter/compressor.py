@@ -14,6 +14,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
+from gemfilter_rag.adapting import adopt, check_sources, config_options, open_compressor
 
 
 class GemFilterDocumentCompressor(BaseDocumentCompressor):
@@ -119,48 +120,31 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
         super().__init__(**data)
         if compressor is not None:
-            if not isinstance(compressor, GemFilterCompressor):
-                raise TypeError(
-                    f"compressor: expected a GemFilterCompressor, got {type(compressor).__name__}; "
-                    "build one with GemFilterCompressor.from_pretrained() or pass model= instead."
-                )
-            if self.model is not None or self.endpoint is not None:
-                name, value = ("model", self.model) if self.model is not None else ("endpoint", self.endpoint)
-                raise ValueError(f"{name}: {value!r} was given together with an existing compressor; pass one of them.")
-            self._compressor = compressor.with_options(**self._config_options())
-            if not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
-                self._compressor = self._compressor.with_embeddings(self.embeddings)
-        elif self.endpoint is not None and self.model is not None:
-            raise ValueError(
-                f"model: {self.model!r} was given together with endpoint={self.endpoint!r}; the service's "
-                "model compresses (gemfilter serve --model), so pass one of them."
+            self._compressor = adopt(
+                compressor,
+                model=self.model,
+                endpoint=self.endpoint,
+                embeddings=self.embeddings,
+                options=self._config_options(),
             )
-        elif self.endpoint is not None and not (isinstance(self.embeddings, str) and self.embeddings == "auto"):
-            raise ValueError(
-                f"embeddings: an embedding model was given together with endpoint={self.endpoint!r}; the service "
-                "embeds with its own model (from_pretrained's default), so leave embeddings='auto'."
-            )
+        else:
+            check_sources(self.model, self.endpoint, self.embeddings)
 
     @property
     def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
         """The compressor in use: local (loaded on first access when none was given), or the service's client."""
         if self._compressor is None:
             with self._lock:
-                if self._compressor is None and self.endpoint is not None:
-                    self._compressor = RemoteGemFilterCompressor(
-                        self.endpoint,
+                if self._compressor is None:
+                    self._compressor = open_compressor(
+                        model=self.model,
+                        endpoint=self.endpoint,
+                        device=self.device,
+                        dtype=self.dtype,
+                        embeddings=self.embeddings,
+                        options=self._config_options(),
                         timeout=self.timeout,
                         max_retries=self.max_retries,
-                        options=self._config_options(),
-                    )
-                if self._compressor is None:
-                    extra = (
-                        {}
-                        if isinstance(self.embeddings, str) and self.embeddings == "auto"
-                        else {"embeddings": self.embeddings}
-                    )
-                    self._compressor = GemFilterCompressor.from_pretrained(
-                        self.model, device=self.device, dtype=self.dtype, **extra, **self._config_options()
                     )
         return self._compressor
 
@@ -236,12 +220,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         return (await self.acompress_with_result(documents, query))[0]
 
     def _config_options(self) -> dict[str, Any]:
-        opts = dict(self.options)
-        if self.granularity is not None:
-            opts["granularity"] = self.granularity
-        if self.filter_layer is not None:
-            opts["filter_layer"] = self.filter_layer
-        return opts
+        return config_options(self.options, self.granularity, self.filter_layer)
 
 
 AUTO_SCORE_KEYS = ("relevance_score",)
