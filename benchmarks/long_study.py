@@ -270,6 +270,33 @@ def report(rows: list[dict[str, Any]]) -> str:
             f"| {d} | {b} | {budget} | {m} | {100 * k / n:.0f}% | [{100 * lo:.0f}, {100 * hi:.0f}] | {n} | {test} | "
             f"{secs[len(secs) // 2]:.1f} |"
         )
+    return "\n".join(lines) + "\n\n" + by_depth(rows)
+
+
+def by_depth(rows: list[dict[str, Any]]) -> str:
+    """Answer kept per depth of the relevant text (all data sets and lengths together), per budget and method."""
+    cells: dict[tuple[int, str], dict[float, list[bool]]] = {}
+    for r in rows:
+        if "depth" in r:
+            cells.setdefault((int(r["budget"]), r["method"]), {}).setdefault(float(r["depth"]), []).append(
+                bool(r["kept"])
+            )
+    depths = sorted({d for got in cells.values() for d in got})
+    if not depths:
+        return ""
+    bins = [(lo, lo + 0.2) for lo in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    lines = [
+        "Answer kept by depth of the relevant text (fraction of the page before it; every data set and length):",
+        "",
+        "| budget | method | " + " | ".join(f"{lo:.1f}-{hi:.1f}" for lo, hi in bins) + " |",
+        "|---:|---|" + "---:|" * len(bins),
+    ]
+    for (budget, method), got in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "rag", kv[0][1])):
+        row = []
+        for lo, hi in bins:
+            kept = [k for d, ks in got.items() if lo <= d < hi or (hi == 1.0 and d == 1.0) for k in ks]
+            row.append(f"{100 * sum(kept) / len(kept):.0f}% ({len(kept)})" if kept else "-")
+        lines.append(f"| {budget} | {method} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

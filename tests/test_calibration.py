@@ -177,7 +177,7 @@ def test_shipped_profiles_are_valid() -> None:
             assert cfg.scoring.query == "last" and not cfg.scoring.softmax and cfg.granularity == "token"
 
 
-def test_gemma3_270m_profile_matches_its_config_and_picks_a_full_attention_layer() -> None:
+def test_gemma3_270m_profile_matches_its_config_and_reads_up_to_a_full_attention_layer() -> None:
     from transformers import Gemma3TextConfig
 
     from gemfilter_rag.profiles import find_profile
@@ -187,6 +187,10 @@ def test_gemma3_270m_profile_matches_its_config_and_picks_a_full_attention_layer
     )
     profile = find_profile(cfg)
     assert profile is not None and profile.name == "Gemma-3-270M"
-    # a sliding-window layer sees only the last 512 tokens from the question: the measured layer is global
+    # a sliding-window layer sees only the last 512 tokens from the question: the trained readout's
+    # deepest layer is a global one, and its readout is for this model's heads
     assert cfg.layer_types[profile.filter_layer] == "full_attention"
+    readouts = profile.readouts()
+    assert readouts is not None and readouts.layer == profile.filter_layer
+    assert readouts.heads == cfg.num_attention_heads
     assert profile.measurements["chosen"]["sentence_recall"] == 1.0
