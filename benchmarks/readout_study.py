@@ -150,7 +150,8 @@ def run_item(
     (prompt,) = build_prompts(readout, [(item.documents, item.question)])
     if prompt.context_tokens <= budget:  # every method keeps the whole context: no pass
         full = "\n\n".join(item.documents)
-        for method in ("layer14", "layer14+share", *("readout:" + v for v in READOUT_VARIANTS), "minilm-sentences"):
+        single = f"layer{old.filter_layer}"
+        for method in (single, single + "+share", *("readout:" + v for v in READOUT_VARIANTS), "minilm-sentences"):
             row(method, full, 0.0)
         return rows
     rows_q = query_positions(prompt.length, prompt.query_start, readout.config.scoring.query)
@@ -173,8 +174,8 @@ def run_item(
         res = assemble(prompt, item.question, keep, sc.tokens, comp.filter_layer, comp.config, {})
         row(method, res.text, t_pass + time.perf_counter() - t1, tokens=res.compressed_tokens)
 
-    gemfilter("layer14", old, None, None)
-    gemfilter("layer14+share", old, None, scores)
+    gemfilter(f"layer{old.filter_layer}", old, None, None)  # the single-layer score, inside the same pass
+    gemfilter(f"layer{old.filter_layer}+share", old, None, scores)
     for variant in READOUT_VARIANTS:
         gemfilter("readout:" + variant, readout, variant, scores if "retriever" in variant else None)
     # MiniLM sentence selection: the same units ranked by their similarity to the question
@@ -315,6 +316,10 @@ def report(rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", required=True, help="profile JSON with the trained readout")
+    ap.add_argument("--model", default=None, help="model directory (default: the embedded SmolLM2-135M)")
+    ap.add_argument(
+        "--old-layer", type=int, default=None, help="single-layer score compared (default: 14, or the readout's layer)"
+    )
     ap.add_argument("--hotpot", type=int, default=300)
     ap.add_argument("--nq", type=int, default=200, help="NQ questions (each at positions 1, 10 and 20)")
     ap.add_argument("--needle-lengths", type=int, nargs="*", default=[2048, 4096, 8000])
@@ -330,11 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     if not args.report_only:
         torch.set_num_threads(2)
-        readout = GemFilterCompressor.from_pretrained(device="cpu", profile=args.profile, embeddings="default")
+        readout = GemFilterCompressor.from_pretrained(
+            args.model, device="cpu", profile=args.profile, embeddings="default"
+        )
         assert readout.readouts is not None
-        old = readout.with_options(filter_layer=OLD_LAYER, scorer="layer", prior="share")
-        if readout.filter_layer < OLD_LAYER:
-            raise SystemExit("the readout's layer is shallower than the old default's: one pass cannot score both")
+        old_layer = args.old_layer if args.old_layer is not None else min(OLD_LAYER, readout.filter_layer)
+        old = readout.with_options(filter_layer=old_layer, scorer="layer", prior="share")
+        if readout.filter_layer < old_layer:
+            raise SystemExit("--old-layer: deeper than the readout's layer; one pass cannot score both")
         items = eval_items(readout.tokenizer, args.hotpot, args.nq, args.needle_lengths, args.depths, args.seed)
         done = {r["id"] for r in rows}
         t0 = time.perf_counter()
