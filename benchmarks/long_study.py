@@ -40,6 +40,7 @@ from gemfilter_rag.data import (
 from gemfilter_rag.needles import NEEDLES, make_probe
 from gemfilter_rag.training.examples import Example, contains_answer
 
+from .datasets import read_jsonl
 from .readout_study import fill_budget, mcnemar, wilson
 
 CHUNK_CHARS = 2000
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows_path = out.with_suffix(".jsonl")
-    rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    rows = read_jsonl(rows_path) if rows_path.exists() else []
     if not args.report_only:
         torch.set_num_threads(2)
         comp = GemFilterCompressor.from_pretrained(device="cpu")

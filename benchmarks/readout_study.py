@@ -48,6 +48,8 @@ from gemfilter_rag.training.examples import (
 )
 from gemfilter_rag.units import prompt_units
 
+from .datasets import read_jsonl
+
 OLD_LAYER = 14  # the single-layer default shipped before the readout (profile of 2026-11-22)
 READOUT_VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
 
@@ -332,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows_path = out.with_suffix(".jsonl")
-    rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    rows = read_jsonl(rows_path) if rows_path.exists() else []
     if not args.report_only:
         torch.set_num_threads(2)
         readout = GemFilterCompressor.from_pretrained(

@@ -209,19 +209,19 @@ class GemFilterCompressor:
             query: the question the context must answer.
             top_k: token budget across all documents; default ``config.top_k``.
             document_scores: the retriever's score of each document (similarity, or negated rank;
-                higher = more relevant), used as ``config.prior`` says (default: it shares out the
-                budget across documents and GemFilter picks the sentences inside each).
+                higher = more relevant), used as ``config.prior`` says (default "auto": a feature of
+                the trained readout; with single-layer scoring, added to the token scores).
 
         Returns a ``CompressionResult`` with one ``DocumentResult`` per input document.
         """
         t0 = time.perf_counter()
         docs = check_documents(documents)
         check_query(query)
-        check_top_k(self.config.top_k if top_k is None else top_k)
-        prior_scores = check_document_scores(document_scores, len(docs))
+        check_top_k(self.config.top_k if top_k is None else top_k)  # one int here: compress_prompts takes lists too
         (prompt,) = pipeline.build_prompts(self, [(docs, query)])
         t1 = time.perf_counter()
-        (result,) = pipeline.compress_prompts(self, [prompt], [query], top_k=top_k, document_scores=[prior_scores])
+        # compress_prompts checks the scores against the documents
+        (result,) = pipeline.compress_prompts(self, [prompt], [query], top_k=top_k, document_scores=[document_scores])
         result.timings["tokenize"] = t1 - t0
         result.timings["total"] = time.perf_counter() - t0
         return result

@@ -25,8 +25,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ..compressor import GemFilterCompressor
-from ..pipeline import compress_prompts
-from ..prompt import FilterPrompt, build_prompt
+from ..pipeline import build_prompts, compress_prompts
+from ..prompt import FilterPrompt
 from ..result import CompressionResult
 from .batcher import Batcher, BatchStats, ClosedError, QueueFullError
 from .metrics import ServeMetrics
@@ -204,16 +204,8 @@ class CompressionService:
     def _admit(self, compressor: GemFilterCompressor, req: CompressRequest) -> _Item:
         """Tokenize (in a worker thread) and check the context-token limit."""
         t0 = time.perf_counter()
-        cfg = compressor.config
         try:
-            prompt = build_prompt(
-                compressor.tokenizer,
-                req.documents,
-                req.query,
-                separator=cfg.separator,
-                template=cfg.template,
-                use_chat_template=cfg.use_chat_template,
-            )
+            (prompt,) = build_prompts(compressor, [(req.documents, req.query)])
         except (TypeError, ValueError) as err:
             raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
         limit = self.settings.max_context_tokens
