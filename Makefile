@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml)
 
-.PHONY: venv demo serve test test-fast test-long test-ray lint bench bench-standard bench-needle bench-speed bench-serve calibrate clean
+.PHONY: venv demo serve test test-fast test-long test-ray lint bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,11 @@ lint: $(STAMP)
 bench: $(STAMP)  ## quick quality benchmark: a smoke run of every data set, method and reader (< 20 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --preset quick
 
-bench-standard: $(STAMP)  ## the measurement of issue 13 (hours on 2 CPU cores; resumes after a crash): tables, CIs, plots
+bench-standard: $(STAMP)  ## the measurement: every peer and reader, CIs, paired tests, plots (about 2 h on 2 CPU cores; resumes)
 	$(BIN)/python -m benchmarks.run --preset standard
+
+bench-full: $(STAMP)  ## the standard run at issue 13's minimum sizes (about 4 h on 2 CPU cores; resumes after a crash)
+	$(BIN)/python -m benchmarks.run --preset full
 
 bench-needle: $(STAMP)  ## needle benchmark of every scoring and granularity (issue 4; hours on a CPU), then its report
 	$(BIN)/python -m benchmarks.needle

@@ -266,7 +266,11 @@ def throughput(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[s
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options; anything given overrides the preset."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    p.add_argument("--preset", default="quick", help="quick (a smoke run, < 20 min on 2 CPU cores) or standard")
+    p.add_argument(
+        "--preset",
+        default="quick",
+        help="quick (a smoke run, < 20 min on 2 CPU cores), standard (about 2 h) or full (issue 13's sizes, about 4 h)",
+    )
     p.add_argument("--datasets", nargs="+", help=f"subset of {sorted(DATASETS)}")
     p.add_argument("--methods", nargs="+", help=f"subset of {sorted(METHODS)} (restricts every data set)")
     p.add_argument("--readers", nargs="*", help=f"subset of {sorted(READERS)}; none: no answers")

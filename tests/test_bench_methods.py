@@ -235,7 +235,7 @@ def test_reader_answers_once_per_context_and_question(tmp_path, monkeypatch):
 
 
 def test_presets_hold_the_sizes_of_issue_13():
-    std = PRESETS["standard"]
+    std = PRESETS["full"]
     assert std.budgets == (128, 256, 512)
     assert std.n_for("nq") >= 200 and std.positions == (1, 10, 20)
     assert std.n_for("hotpotqa") >= 300 and std.n_for("squad") >= 200
@@ -254,8 +254,12 @@ def test_presets_hold_the_sizes_of_issue_13():
     for ds in ("nq", "hotpotqa", "squad"):
         assert peers <= set(std.methods_for(ds))
     assert set(std.readers) == {"smollm2", "gemma3-270m"} and std.answer_budgets == (256,)
-    quick = PRESETS["quick"]
-    assert quick.budgets == std.budgets and set(quick.datasets) == set(std.datasets)
+    for smaller in (PRESETS["quick"], PRESETS["standard"]):  # every data set, peer and reader, fewer items
+        assert smaller.budgets == std.budgets and set(smaller.datasets) == set(std.datasets)
+        assert set(smaller.readers) == set(std.readers)
+        assert all(set(smaller.methods_for(ds)) <= set(std.methods_for(ds)) for ds in std.datasets)
+        assert all(smaller.n_for(ds) <= std.n_for(ds) for ds in std.datasets)
+    assert set(PRESETS["standard"].methods_for("nq")) == set(std.methods_for("nq"))  # every peer measured
     for cfg in PRESETS.values():
         assert all(m in METHODS for d in cfg.datasets for m in cfg.methods_for(d))
 
