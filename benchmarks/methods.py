@@ -504,8 +504,9 @@ class _MiniLMEmbeddings:
 def embeddings_filter(item: Item, budget: int, res: Resources) -> Output:
     """LangChain's ``EmbeddingsFilter`` over the context's sentences: most similar first within the budget, in order.
 
-    ``k=None, similarity_threshold=-1`` make it score every sentence (it returns them all, in order, with
-    ``state["query_similarity_score"]``); the budget then keeps the best whole sentences. Its default
+    ``k=len(sentences)`` makes it score and return every sentence (best first, each with
+    ``state["query_similarity_score"]``); the budget then keeps the best whole sentences. (``k=None`` does
+    not: its ``pre_init`` puts the default 20 back in place of None.) Its default
     ``similarity_fn`` comes from langchain-community, which is not a dependency here: the same cosine is
     passed explicitly, and where ``compress_documents`` still imports langchain-community the filter's own
     ``similarity_fn`` ranks the same embeddings (recorded as ``via``).
@@ -516,8 +517,8 @@ def embeddings_filter(item: Item, budget: int, res: Resources) -> Output:
 
     emb_cls = type("MiniLMEmbeddings", (_MiniLMEmbeddings, Embeddings), {})
     with res.stopwatch() as sw:
-        filt = EmbeddingsFilter(embeddings=emb_cls(res), similarity_fn=cosine_matrix, k=None, similarity_threshold=-1.0)
         chunks = sentence_chunks(item.documents)
+        filt = EmbeddingsFilter(embeddings=emb_cls(res), similarity_fn=cosine_matrix, k=max(1, len(chunks)))
         try:
             docs = list(filt.compress_documents([Document(page_content=c) for c in chunks], item.question))
             if len(docs) != len(chunks):

@@ -253,6 +253,14 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+    merged = results.get("merged")
+    if merged:
+        out += [
+            f"Rows of {', '.join(label(m) for m in merged['methods'])} come from a second run of the same items "
+            f"on commit `{merged['commit']}` (`python -m benchmarks.merge`; its run time "
+            f"{merged['timings_s']['total'] / 60:.1f} min), which replaced this run's rows of that method.",
+            "",
+        ]
     gf = results.get("gemfilter_calls") or {}
     if gf.get("fallback"):
         out += [f"GemFilter ran one `compress` call per budget (shared passes switched off: {gf['fallback']}).", ""]

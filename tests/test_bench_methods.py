@@ -65,6 +65,14 @@ def test_sentence_peers_respect_the_budget_and_keep_sentences_in_order(name, bud
     assert "tower" in out.text  # a sentence that matches the question best fits every budget
 
 
+def test_embeddings_filter_scores_every_sentence_of_a_long_context():
+    # more sentences than EmbeddingsFilter's default k (20): every one must be scored, the best kept
+    docs = [f"Filler sentence number {i} about nothing." for i in range(40)] + DOCS
+    item = Item("t", "t-1", ITEM.question, docs, ["1889"])
+    out = METHODS["embeddings-filter"].fn(item, 200, FakeRes())  # type: ignore[misc]
+    assert out.error is None and "The tower was finished in 1889 for the fair." in out.text
+
+
 @pytest.mark.parametrize("budget", [8, 12, 20, 200])
 def test_sentence_embedding_optimizer_keeps_its_top_sentences_within_the_budget(budget):
     res = FakeRes()
@@ -358,3 +366,19 @@ def test_command_line_methods_restrict_every_data_set():
     assert cfg.methods_for("needle") == ("full", "rag")  # the needles' own list stays without LongLLMLingua
     cfg = config_from_args(parse_args(["--preset", "quick", "--n", "2", "--budgets", "128", "512", "--readers"]))
     assert cfg.n_for("nq") == 2 and cfg.budgets == (128, 512) and cfg.readers == ()
+
+
+def test_merge_replaces_the_methods_of_the_later_run_only():
+    from benchmarks.merge import merge_rows
+
+    base = [{"dataset": "d", "id": i, "method": m, "recall": False} for i in ("a", "b") for m in ("rag", "ef")]
+    extra = [{"dataset": "d", "id": i, "method": "ef", "recall": True} for i in ("a", "b")]
+    rows = merge_rows(base, extra)
+    assert sorted((r["id"], r["method"], r["recall"]) for r in rows) == [
+        ("a", "ef", True),
+        ("a", "rag", False),
+        ("b", "ef", True),
+        ("b", "rag", False),
+    ]
+    with pytest.raises(ValueError, match="same preset"):
+        merge_rows(base, [{"dataset": "d", "id": "z", "method": "ef"}])

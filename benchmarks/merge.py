@@ -1,0 +1,74 @@
+"""Replace some methods' rows of a finished benchmark run with those of a later run of the same items.
+
+    python -m benchmarks.merge standard standard-ef   # rows of standard-ef's methods replace standard's
+
+For a peer that had to be run again (a fixed wrapper) without repeating hours of the others: both runs
+must share the preset's items (same sizes, seed and data). The merged results keep the first run's
+configuration and timings, record the second run's commit, methods and timings under ``merged``, and
+get their summary, plots and README section regenerated from the merged rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import RESULTS_DIR
+
+Row = dict[str, Any]
+
+
+def merge_rows(base: Sequence[Row], extra: Sequence[Row]) -> list[Row]:
+    """``base`` without the methods that ``extra`` has, then ``extra``; refuses rows of other items."""
+    methods = {r["method"] for r in extra}
+    items = {(r["dataset"], r["id"]) for r in base}
+    stray = sorted({f"{r['dataset']}:{r['id']}" for r in extra} - {f"{d}:{i}" for d, i in items})
+    if stray:
+        raise ValueError(f"extra rows: items {stray[:5]} are not in the base run; run the same preset and seed.")
+    return [r for r in base if r["method"] not in methods] + list(extra)
+
+
+def _load(out_dir: Path, name: str) -> tuple[dict[str, Any], list[Row]]:
+    results = json.loads((out_dir / f"{name}.json").read_text())
+    with gzip.open(out_dir / results["rows_file"], "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return results, rows
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from .report import summaries, write_plots, write_readme
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.merge", description=__doc__)
+    p.add_argument("base", help="results name of the full run (e.g. standard)")
+    p.add_argument("extra", help="results name of the run whose methods replace the base run's")
+    p.add_argument("--output-dir", default=str(RESULTS_DIR))
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args(argv)
+    out_dir = Path(args.output_dir)
+    results, base = _load(out_dir, args.base)
+    extra_results, extra = _load(out_dir, args.extra)
+    rows = merge_rows(base, extra)
+    results["merged"] = {
+        "from": args.extra,
+        "commit": extra_results.get("commit"),
+        "methods": sorted({r["method"] for r in extra}),
+        "timings_s": extra_results.get("timings_s"),
+    }
+    results["summary"] = summaries(rows, list(results.get("readers") or {}), results["config"]["seed"])
+    with gzip.open(out_dir / results["rows_file"], "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+    results["plots"] = write_plots(results, rows, out_dir)
+    (out_dir / f"{args.base}.json").write_text(json.dumps(results, indent=1, default=str))
+    if not args.no_readme:
+        write_readme(results)
+    print(f"{args.base}: {len(extra)} rows of {results['merged']['methods']} from {args.extra}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
