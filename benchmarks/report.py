@@ -230,7 +230,9 @@ def render(results: dict[str, Any]) -> str:
     out = [
         f"### Preset `{cfg['name']}`",
         "",
-        f"Run of commit `{results.get('commit')}` on {mach['cpu']}, {mach['cores']} cores, torch threads "
+        f"Run of commit `{results.get('commit')}`"
+        + (f" (reported by `{results['reported_by']}`)" if results.get("reported_by") else "")
+        + f" on {mach['cpu']}, {mach['cores']} cores, torch threads "
         f"{mach['torch_threads']}, load average at start {_load(mach)}"
         + (f", at end {_load(results['machine_end'])}" if results.get("machine_end") else "")
         + f"; Python {mach['python']}, torch {v.get('torch')}, transformers {v.get('transformers')}, "
@@ -362,7 +364,8 @@ def write_plots(results: dict[str, Any], rows: Sequence[Row], out_dir: Path) -> 
             pts.sort()
             x = [p[0] for p in pts]
             y = [p[1] for p in pts]
-            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            # a bootstrap interval over questions need not contain the pooled rate: clip at the point
+            err = [[max(0.0, p[1] - p[2]) for p in pts], [max(0.0, p[3] - p[1]) for p in pts]]
             style = {"linewidth": 2.5} if m == DEFAULT_METHOD else {"linewidth": 1.2}
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label(m), **style)
         ax.set_xlabel("tokens sent (mean; budgets 128 / 256 / 512)")

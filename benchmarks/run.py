@@ -129,18 +129,23 @@ class WorkLog:
     """The rows of one run, appended to a JSON-lines file as they are measured; reloaded to resume.
 
     The file's first line records a fingerprint (configuration, code commit, filter model); a file
-    with another fingerprint is moved aside and a new one started.
+    with another fingerprint is moved aside and a new one started, unless ``adopt``: then its rows are
+    kept whatever wrote them (``adopted`` holds that fingerprint), to report a run whose own report
+    step failed.
     """
 
-    def __init__(self, path: Path, fingerprint: dict[str, Any]) -> None:
+    def __init__(self, path: Path, fingerprint: dict[str, Any], adopt: bool = False) -> None:
         self.path = path
         self.fingerprint = fingerprint
+        self.adopted: dict[str, Any] | None = None
         self.rows: dict[tuple[str, str, str, int | None], dict[str, Any]] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines()
             head = json.loads(lines[0]) if lines else {}
-            if head.get("fingerprint") == fingerprint:
+            if adopt and head.get("fingerprint") not in (None, fingerprint):
+                self.adopted = head["fingerprint"]
+            if head.get("fingerprint") == fingerprint or self.adopted is not None:
                 for line in lines[1:]:
                     try:
                         row = json.loads(line)
@@ -286,6 +291,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-readme", action="store_true", help="do not write the tables into benchmarks/README.md")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--gemfilter-calls", choices=["shared", "per-budget"])
+    p.add_argument(
+        "--adopt-work",
+        action="store_true",
+        help="keep the work file's rows even if another commit or configuration wrote them (to report a run "
+        "whose report step failed); the results name the commit that measured them",
+    )
     return p.parse_args(argv)
 
 
@@ -366,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "filter_config": repr(res.base.config),
     }
     out_dir = Path(cfg.output_dir)
-    log = WorkLog(out_dir / f"{cfg.name}.work.jsonl", fingerprint)
+    log = WorkLog(out_dir / f"{cfg.name}.work.jsonl", fingerprint, adopt=args.adopt_work)
     if log.resumed:
         print(f"resuming: {log.resumed} rows from {log.path}", flush=True)
     results: dict[str, Any] = {
@@ -381,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "timings_s": {"load": load_s},
         "resumed_rows": log.resumed,
     }
+    if log.adopted is not None:  # the rows were measured by the code of the work file's commit
+        results.update(commit=log.adopted.get("commit"), reported_by=commit)
     all_rows: list[dict[str, Any]] = []
     for name in cfg.datasets:
         t0 = time.perf_counter()

@@ -172,6 +172,8 @@ def test_work_log_resumes_and_restarts_on_another_fingerprint(tmp_path):
         f.write('{"dataset": "d", "id": "2", "meth')  # a line cut by a crash
     again = WorkLog(path, {"commit": "a"})
     assert again.resumed == 1 and again.get("d", "1", "rag", 256) == row
+    adopted = WorkLog(path, {"commit": "c"}, adopt=True)  # rows kept, the measuring commit named
+    assert adopted.resumed == 1 and adopted.adopted == {"commit": "a"} and adopted.get("d", "1", "rag", 256) == row
     other = WorkLog(path, {"commit": "b"})
     assert other.resumed == 0 and other.get("d", "1", "rag", 256) is None
     assert list(tmp_path.glob("w.*.old"))  # the old file is kept aside
