@@ -48,10 +48,10 @@ lint: $(STAMP)
 bench: $(STAMP)  ## quick quality benchmark: a smoke run of every data set, method and reader (< 20 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --preset quick
 
-bench-standard: $(STAMP)  ## the measurement: every peer and reader, CIs, paired tests, plots (about 2 h on 2 CPU cores; resumes)
+bench-standard: $(STAMP)  ## the measurement: every peer and reader, CIs, paired tests, plots (about 2.3 h on 2 CPU cores; resumes)
 	$(BIN)/python -m benchmarks.run --preset standard
 
-bench-full: $(STAMP)  ## the standard run at issue 13's minimum sizes (about 4 h on 2 CPU cores; resumes after a crash)
+bench-full: $(STAMP)  ## the standard run at issue 13's minimum sizes (5-6 h on 2 CPU cores; resumes after a crash)
 	$(BIN)/python -m benchmarks.run --preset full
 
 bench-needle: $(STAMP)  ## needle benchmark of every scoring and granularity (issue 4; hours on a CPU), then its report

@@ -274,7 +274,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--preset",
         default="quick",
-        help="quick (a smoke run, < 20 min on 2 CPU cores), standard (about 2 h) or full (issue 13's sizes, about 4 h)",
+        help="quick (a smoke run, < 20 min on 2 CPU cores), standard (about 2.3 h) or full (issue 13's sizes, 5-6 h)",
     )
     p.add_argument("--datasets", nargs="+", help=f"subset of {sorted(DATASETS)}")
     p.add_argument("--methods", nargs="+", help=f"subset of {sorted(METHODS)} (restricts every data set)")
