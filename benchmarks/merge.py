@@ -1,10 +1,11 @@
-"""Replace some methods' rows of a finished benchmark run with those of a later run of the same items.
+"""Put a later run's rows into a finished benchmark run: a re-run method on the same items, or a data set
+the first run did not reach.
 
     python -m benchmarks.merge standard standard-ef   # rows of standard-ef's methods replace standard's
 
 For a peer that had to be run again (a fixed wrapper) without repeating hours of the others: both runs
 must share the preset's items (same sizes, seed and data). The merged results keep the first run's
-configuration and timings, record the second run's commit, methods and timings under ``merged``, and
+configuration and timings, record each later run's commit, methods and timings under ``merges``, and
 get their summary, plots and README section regenerated from the merged rows.
 """
 
@@ -23,13 +24,17 @@ Row = dict[str, Any]
 
 
 def merge_rows(base: Sequence[Row], extra: Sequence[Row]) -> list[Row]:
-    """``base`` without the methods that ``extra`` has, then ``extra``; refuses rows of other items."""
-    methods = {r["method"] for r in extra}
-    items = {(r["dataset"], r["id"]) for r in base}
-    stray = sorted({f"{r['dataset']}:{r['id']}" for r in extra} - {f"{d}:{i}" for d, i in items})
+    """``base`` without the (data set, method) pairs that ``extra`` has, then ``extra``.
+
+    A data set the base run lacks is added whole; on a data set both have, ``extra`` must hold the base
+    run's items (refused otherwise)."""
+    pairs = {(r["dataset"], r["method"]) for r in extra}
+    base_sets = {r["dataset"] for r in base}
+    items = {f"{r['dataset']}:{r['id']}" for r in base}
+    stray = sorted({f"{r['dataset']}:{r['id']}" for r in extra if r["dataset"] in base_sets} - items)
     if stray:
         raise ValueError(f"extra rows: items {stray[:5]} are not in the base run; run the same preset and seed.")
-    return [r for r in base if r["method"] not in methods] + list(extra)
+    return [r for r in base if (r["dataset"], r["method"]) not in pairs] + list(extra)
 
 
 def _load(out_dir: Path, name: str) -> tuple[dict[str, Any], list[Row]]:
@@ -52,12 +57,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results, base = _load(out_dir, args.base)
     extra_results, extra = _load(out_dir, args.extra)
     rows = merge_rows(base, extra)
-    results["merged"] = {
-        "from": args.extra,
-        "commit": extra_results.get("commit"),
-        "methods": sorted({r["method"] for r in extra}),
-        "timings_s": extra_results.get("timings_s"),
-    }
+    added = [name for name in extra_results.get("datasets", {}) if name not in results["datasets"]]
+    for name in added:  # a data set the base run did not reach
+        results["datasets"][name] = extra_results["datasets"][name]
+    merges = results.setdefault("merges", [results.pop("merged")] if "merged" in results else [])
+    merges.append(
+        {
+            "from": args.extra,
+            "commit": extra_results.get("commit"),
+            "methods": sorted({r["method"] for r in extra}),
+            "datasets_added": added,
+            "timings_s": extra_results.get("timings_s"),
+        }
+    )
     results["summary"] = summaries(rows, list(results.get("readers") or {}), results["config"]["seed"])
     with gzip.open(out_dir / results["rows_file"], "wt", encoding="utf-8") as f:
         for r in rows:
@@ -66,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out_dir / f"{args.base}.json").write_text(json.dumps(results, indent=1, default=str))
     if not args.no_readme:
         write_readme(results)
-    print(f"{args.base}: {len(extra)} rows of {results['merged']['methods']} from {args.extra}")
+    print(f"{args.base}: {len(extra)} rows of {merges[-1]['methods']} from {args.extra} (data sets added: {added})")
     return results
 
 

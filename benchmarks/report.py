@@ -255,12 +255,16 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
     ]
-    merged = results.get("merged")
-    if merged:
+    for merged in results.get("merges") or ([results["merged"]] if results.get("merged") else []):
+        what = (
+            f"The {', '.join(merged['datasets_added'])} rows come from a later run of this preset"
+            if merged.get("datasets_added")
+            else f"Rows of {', '.join(label(m) for m in merged['methods'])} come from a second run of the same items"
+        )
         out += [
-            f"Rows of {', '.join(label(m) for m in merged['methods'])} come from a second run of the same items "
-            f"on commit `{merged['commit']}` (`python -m benchmarks.merge`; its run time "
-            f"{merged['timings_s']['total'] / 60:.1f} min), which replaced this run's rows of that method.",
+            f"{what} on commit `{merged['commit']}` (`python -m benchmarks.merge`; its run time "
+            f"{merged['timings_s']['total'] / 60:.1f} min)"
+            + ("." if merged.get("datasets_added") else ", which replaced this run's rows of that method."),
             "",
         ]
     gf = results.get("gemfilter_calls") or {}

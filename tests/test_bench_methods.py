@@ -384,3 +384,5 @@ def test_merge_replaces_the_methods_of_the_later_run_only():
     ]
     with pytest.raises(ValueError, match="same preset"):
         merge_rows(base, [{"dataset": "d", "id": "z", "method": "ef"}])
+    added = merge_rows(base, [{"dataset": "new", "id": "z", "method": "rag"}])  # a data set not reached
+    assert len(added) == 5 and sum(r["method"] == "rag" for r in added) == 3
