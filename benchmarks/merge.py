@@ -45,7 +45,7 @@ def _load(out_dir: Path, name: str) -> tuple[dict[str, Any], list[Row]]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from .report import summaries, write_plots, write_readme
+    from .report import write_results
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.merge", description=__doc__)
     p.add_argument("base", help="results name of the full run (e.g. standard)")
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     added = [name for name in extra_results.get("datasets", {}) if name not in results["datasets"]]
     for name in added:  # a data set the base run did not reach
         results["datasets"][name] = extra_results["datasets"][name]
-    merges = results.setdefault("merges", [results.pop("merged")] if "merged" in results else [])
+    merges = results.setdefault("merges", [])
     merges.append(
         {
             "from": args.extra,
@@ -70,14 +70,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "timings_s": extra_results.get("timings_s"),
         }
     )
-    results["summary"] = summaries(rows, list(results.get("readers") or {}), results["config"]["seed"])
-    with gzip.open(out_dir / results["rows_file"], "wt", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-    results["plots"] = write_plots(results, rows, out_dir)
-    (out_dir / f"{args.base}.json").write_text(json.dumps(results, indent=1, default=str))
-    if not args.no_readme:
-        write_readme(results)
+    results["config"]["output_dir"] = str(out_dir)
+    write_results(results, rows, list(results.get("readers") or {}), readme=not args.no_readme)
     print(f"{args.base}: {len(extra)} rows of {merges[-1]['methods']} from {args.extra} (data sets added: {added})")
     return results
 

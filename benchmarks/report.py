@@ -255,7 +255,7 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
     ]
-    for merged in results.get("merges") or ([results["merged"]] if results.get("merged") else []):
+    for merged in results.get("merges") or []:
         what = (
             f"The {', '.join(merged['datasets_added'])} rows come from a later run of this preset"
             if merged.get("datasets_added")
@@ -388,3 +388,23 @@ def write_plots(results: dict[str, Any], rows: Sequence[Row], out_dir: Path) -> 
         plt.close(fig)
         paths.append(str(p))
     return paths
+
+
+def write_results(results: dict[str, Any], rows: Sequence[Row], readers: Sequence[str], readme: bool = True) -> None:
+    """Summarise ``rows`` into ``results`` and write the rows, plots, JSON and (``readme``) README section of
+    the run named by ``results["config"]["name"]`` into its output directory."""
+    import gzip
+    import json
+
+    name = results["config"]["name"]
+    out_dir = Path(results["config"]["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summaries(rows, readers, results["config"]["seed"])
+    results["rows_file"] = f"{name}.rows.jsonl.gz"
+    with gzip.open(out_dir / results["rows_file"], "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+    results["plots"] = write_plots(results, rows, out_dir)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
+    if readme:
+        write_readme(results)

@@ -11,7 +11,6 @@ question) under the cache directory. The results (JSON, gzipped JSONL rows witho
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -430,27 +429,15 @@ def _write(
     elapsed: float,
 ) -> None:
     """Write the JSON, rows, plots and README section for the data sets done so far."""
-    from .report import summaries, write_plots, write_readme
+    from .report import write_results
 
-    cfg = res.cfg
     results["lingua"] = res.lingua_info
     results["gemfilter_calls"] = {"shared": res.gemfilter.shared, "fallback": res.gemfilter.fallback}
     results["reader_cost"] = {
         rd.name: {"calls": rd.calls, "seconds": rd.seconds, "cpu_seconds": rd.cpu_seconds} for rd in readers
     }
     results["timings_s"]["total"] = elapsed
-    rows = public_rows(all_rows)
-    results["summary"] = summaries(rows, [rd.name for rd in readers], cfg.seed)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out_dir / f"{cfg.name}.rows.jsonl.gz", "wt", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-    results["rows_file"] = f"{cfg.name}.rows.jsonl.gz"
-    results["plots"] = write_plots(results, rows, out_dir)
-    (out_dir / f"{cfg.name}.json").write_text(json.dumps(results, indent=1, default=str))
-    if not no_readme:
-        write_readme(results)
+    write_results(results, public_rows(all_rows), [rd.name for rd in readers], readme=not no_readme)
 
 
 if __name__ == "__main__":
