@@ -139,7 +139,7 @@ def gemfilter_prompt(compressor: Any, prompt: Any, budget: int) -> int:
     from gemfilter_rag.pipeline import keep_tokens
 
     scores = compressor.score_prompt(prompt)  # (N,)
-    keep = keep_tokens(compressor, prompt, scores, budget)
+    keep = keep_tokens(compressor.plan, prompt, scores, budget)
     ids = answer_input_ids(prompt, keep.tolist())[None].to(prompt_device(compressor))  # (1, T')
     compressor.model(input_ids=ids, use_cache=True, logits_to_keep=1)
     return int(ids.shape[1])

@@ -322,11 +322,11 @@ GEMFILTER_MODES: dict[str, Callable[[], dict[str, Any]]] = {
 class GemFilterRunner:
     """GemFilter results for every mode, budget and retriever-score variant of an item from one filter pass.
 
-    The pass (``pipeline.run_passes``: layers ``0..r``, the question's attention at each) does not depend
+    The pass (``FilterModel.run``: layers ``0..r``, the question's attention at each) does not depend
     on the mode's scoring, its granularity, the budget or the retriever's scores: only what follows it
     does. So each item gets one timed pass, and each result runs the rest of ``compress`` on it through
-    the library's own pipeline (``score_pass`` with the readout variant the inputs select, or the
-    single-layer scoring of the paper's mode; ``select``; ``assemble``). The first ``verify`` results of
+    the library's own pipeline (the mode's ``Scorer``: the readout with the variant the inputs select, or
+    the single-layer scoring of the paper's mode; ``select``; ``assemble``). The first ``verify`` results of
     each (mode, data set, with scores) are checked against real ``compress`` calls (kept token indices
     and text equal); a mismatch or any error switches the runner to plain ``compress`` calls for the rest
     of the run (``shared=False`` does that from the start). A result's latency is the pass plus its own
@@ -377,18 +377,17 @@ class GemFilterRunner:
     def _pass(self, comp: Any, item: Item) -> dict[str, Any] | None:
         """The item's prompt and timed pass (shared by every mode at the same filter layer), or None when
         the prompt is longer than the model accepts."""
-        from gemfilter_rag.pipeline import build_prompts, run_passes
-        from gemfilter_rag.scoring import query_positions
+        from gemfilter_rag.pipeline import build_prompts, scoring_rows
 
-        key = f"{item.id}:{comp.filter_layer}:{comp.config.scoring.query}"
+        key = f"{item.id}:{comp.filter_layer}:{comp.scorer.rows}"
         if key not in self._memo:
             t0 = time.perf_counter()
-            (prompt,) = build_prompts(comp, [(item.documents, item.question)])
+            (prompt,) = build_prompts(comp.plan, [(item.documents, item.question)])
             if comp.max_positions is not None and prompt.length > comp.max_positions:
                 self._memo[key] = {"prompt": None}
             else:
-                rows = query_positions(prompt.length, prompt.query_start, comp.config.scoring.query)
-                (passed,) = run_passes(comp, [(prompt.input_ids, rows)], record=True)
+                rows = scoring_rows(comp.plan, prompt)
+                (passed,) = comp.plan.model.run([(prompt.input_ids, rows)], comp.filter_layer, attention=True)
                 self._memo[key] = {"prompt": prompt, "pass": passed, "pass_s": time.perf_counter() - t0}
         state = self._memo[key]
         return state if state["prompt"] is not None else None
@@ -398,16 +397,16 @@ class GemFilterRunner:
         comp: Any, item: Item, state: dict[str, Any], budget: int, document_scores: Sequence[float] | None
     ) -> Any:
         from gemfilter_rag.assemble import assemble
-        from gemfilter_rag.pipeline import Evidence, readout_for, score_pass, select
+        from gemfilter_rag.pipeline import evidence_for, select, whole_target
         from gemfilter_rag.prior import check_document_scores
         from gemfilter_rag.units import prompt_units
 
         prompt = state["prompt"]
         scores = check_document_scores(document_scores, len(prompt.documents))
         units = prompt_units(prompt, comp.config.granularity, budget)
-        evidence = Evidence(prompt, item.question, scores, comp.embedder)
-        found = score_pass(comp, prompt, state["pass"], units, evidence, readout_for(comp, scores is not None))
-        keep = select(comp, found, units, budget, scores)
+        evidence = evidence_for(comp.plan, prompt, item.question, scores)
+        found = comp.scorer.score(state["pass"], whole_target(prompt, units), evidence)
+        keep = select(comp.plan, found, units, budget, scores)
         return assemble(prompt, item.question, keep, found.tokens, comp.filter_layer, comp.config, {})
 
     @staticmethod

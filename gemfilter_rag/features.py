@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-Unit = tuple[int, int]
+from .selection import Unit
 
 EPS = 1e-8
 """Added before taking logs of attention (probabilities of one token can be ~1e-7)."""

@@ -12,17 +12,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .pipeline import build_prompts, compress_prompts, device_of
+from .pipeline import Plan, build_prompts, compress_prompts
 from .prompt import FilterPrompt
 from .result import CompressionResult
 from .validation import DEFAULT_BATCH_SIZE, check_batch_size, check_items
-
-if TYPE_CHECKING:
-    from .compressor import GemFilterCompressor
 
 DEFAULT_MAX_NEW_TOKENS = 256
 _RESERVED = ("input_ids", "attention_mask", "streamer", "inputs")
@@ -145,9 +142,9 @@ class GenerationStream:
         return self._result
 
 
-def check_answer_length(compressor: GemFilterCompressor, prompt_tokens: int, max_new_tokens: int) -> None:
+def check_answer_length(plan: Plan, prompt_tokens: int, max_new_tokens: int) -> None:
     """Raise a ValueError naming ``top_k`` when the kept prompt plus the answer exceeds the model's positions."""
-    limit = compressor.max_positions
+    limit = plan.model.max_positions
     if limit is not None and prompt_tokens + max_new_tokens > limit:
         raise ValueError(
             f"top_k: the kept prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, more than "
@@ -155,13 +152,13 @@ def check_answer_length(compressor: GemFilterCompressor, prompt_tokens: int, max
         )
 
 
-def _generation_kwargs(compressor: GemFilterCompressor, max_new_tokens: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _generation_kwargs(plan: Plan, max_new_tokens: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}.")
     for name in _RESERVED:
         if name in kwargs:
             raise TypeError(f"{name}: is set by GemFilterCompressor.generate; remove it from the generation options.")
-    tok = compressor.tokenizer
+    tok = plan.model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad, **kwargs}
 
@@ -176,16 +173,16 @@ def _new_tokens(row: torch.Tensor, eos: Any) -> list[int]:
     return ids
 
 
-def _eos(compressor: GemFilterCompressor, kwargs: dict[str, Any]) -> Any:
+def _eos(plan: Plan, kwargs: dict[str, Any]) -> Any:
     if "eos_token_id" in kwargs:
         return kwargs["eos_token_id"]
-    cfg = getattr(compressor.model, "generation_config", None)
+    cfg = getattr(plan.model.model, "generation_config", None)
     eos = getattr(cfg, "eos_token_id", None)
-    return eos if eos is not None else compressor.tokenizer.eos_token_id
+    return eos if eos is not None else plan.model.tokenizer.eos_token_id
 
 
 def generate(
-    compressor: GemFilterCompressor,
+    plan: Plan,
     documents: Sequence[str],
     query: str,
     *,
@@ -202,29 +199,29 @@ def generate(
     """
     t0 = time.perf_counter()
     ((docs, q),) = check_items([(documents, query)])
-    options = _generation_kwargs(compressor, max_new_tokens, generation_kwargs)
-    prompt = build_prompts(compressor, [(docs, q)])[0]
+    options = _generation_kwargs(plan, max_new_tokens, generation_kwargs)
+    prompt = build_prompts(plan, [(docs, q)])[0]
     t_tok = time.perf_counter() - t0
-    compression = compress_prompts(compressor, [prompt], [q], top_k=top_k)[0]
+    compression = compress_prompts(plan, [prompt], [q], top_k=top_k)[0]
     compression.timings["tokenize"] = t_tok
     compression.timings["total"] += t_tok
     ids = answer_input_ids(prompt, compression.kept_token_indices)[None]  # (1, T')
-    check_answer_length(compressor, int(ids.shape[1]), max_new_tokens)
+    check_answer_length(plan, int(ids.shape[1]), max_new_tokens)
     t1 = time.perf_counter()
-    device = device_of(compressor.model)
-    clock = _Clock(compressor.tokenizer, stream)
-    eos = _eos(compressor, options)
+    device = plan.model.device
+    clock = _Clock(plan.model.tokenizer, stream)
+    eos = _eos(plan, options)
 
     def run() -> GenerationResult:
         t2 = time.perf_counter()
         with torch.inference_mode():
-            model: Any = compressor.model
+            model: Any = plan.model.model
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device), streamer=clock, **options
             )  # (1, T' + new)
         end = time.perf_counter()
         new = _new_tokens(out[0, ids.shape[1] :].cpu(), eos)
-        text = compressor.tokenizer.decode(new, skip_special_tokens=True)
+        text = plan.model.tokenizer.decode(new, skip_special_tokens=True)
         first = clock.first if clock.first is not None else end
         timings = {
             "compress": t1 - t0,
@@ -252,7 +249,7 @@ def generate(
 
 
 def generate_batch(
-    compressor: GemFilterCompressor,
+    plan: Plan,
     items: Sequence[tuple[Sequence[str], str]],
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -265,20 +262,20 @@ def generate_batch(
     of an item are those of the batch it shared.
     """
     checked = check_items(items)
-    options = _generation_kwargs(compressor, max_new_tokens, generation_kwargs)
+    options = _generation_kwargs(plan, max_new_tokens, generation_kwargs)
     check_batch_size(batch_size)
-    device = device_of(compressor.model)
-    eos = _eos(compressor, options)
+    device = plan.model.device
+    eos = _eos(plan, options)
     pad = int(options["pad_token_id"]) if options["pad_token_id"] is not None else 0
     results: list[GenerationResult | None] = [None] * len(checked)
     for s in range(0, len(checked), batch_size):
         group = checked[s : s + batch_size]
         t0 = time.perf_counter()
-        prompts = build_prompts(compressor, group)
-        compressions = compress_prompts(compressor, prompts, [q for _, q in group], top_k=top_k, batch_size=batch_size)
+        prompts = build_prompts(plan, group)
+        compressions = compress_prompts(plan, prompts, [q for _, q in group], top_k=top_k, batch_size=batch_size)
         rows = [answer_input_ids(p, c.kept_token_indices) for p, c in zip(prompts, compressions, strict=True)]
         for r in rows:
-            check_answer_length(compressor, int(r.shape[0]), max_new_tokens)
+            check_answer_length(plan, int(r.shape[0]), max_new_tokens)
         longest = max(r.shape[0] for r in rows)
         ids = torch.full((len(rows), longest), pad, dtype=torch.long)  # (B, T) left padded
         mask = torch.zeros((len(rows), longest), dtype=torch.long)  # (B, T)
@@ -286,8 +283,8 @@ def generate_batch(
             ids[i, longest - r.shape[0] :] = r
             mask[i, longest - r.shape[0] :] = 1
         t1 = time.perf_counter()
-        clock = _Clock(compressor.tokenizer, stream=False)
-        model: Any = compressor.model
+        clock = _Clock(plan.model.tokenizer, stream=False)
+        model: Any = plan.model.model
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), streamer=clock, **options
@@ -297,7 +294,7 @@ def generate_batch(
         for i, (r, c) in enumerate(zip(rows, compressions, strict=True)):
             new = _new_tokens(out[i, longest:].cpu(), eos)
             results[s + i] = GenerationResult(
-                text=compressor.tokenizer.decode(new, skip_special_tokens=True),
+                text=plan.model.tokenizer.decode(new, skip_special_tokens=True),
                 compression=c,
                 prompt_tokens=int(r.shape[0]),
                 token_ids=new,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from gemfilter_rag import GemFilterCompressor, GemFilterConfig, early_exit, loading
+from gemfilter_rag import GemFilterCompressor, GemFilterConfig, capture, loading
 
 DOCS = [
     "Founders should talk to users. Building features nobody asked for wastes months.",
@@ -243,7 +243,7 @@ def test_model_whose_attention_bypasses_the_interface(tokenizer: Any) -> None:
     with pytest.raises(RuntimeError, match=r"^model: layer 1 of _BypassLM never called its attention function"):
         compressor.compress(["one two three four five six"], QUERY, top_k=2)
     with pytest.raises(RuntimeError, match="AttentionInterface"):
-        early_exit.capture_layer(compressor.model, torch.tensor([[1, 2, 3]]), 0)
+        capture.capture_layer(compressor.model, torch.tensor([[1, 2, 3]]), 0)
 
 
 # ---- contexts longer than the model accepts ------------------------------------------------------------------

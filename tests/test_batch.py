@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gemfilter_rag.generation import GenerationResult
-from gemfilter_rag.pipeline import build_prompts, layer_token_scores, run_passes
+from gemfilter_rag.pipeline import build_prompts, compress_prompts
+from gemfilter_rag.scorers import LayerScorer
 from gemfilter_rag.scoring import query_positions
 
 ITEMS: list[tuple[list[str], str]] = [
@@ -43,20 +44,34 @@ def test_compress_batch_equals_one_by_one(make_compressor: Callable[..., Any], a
     assert [b.filter_layer for b in batched] == [s.filter_layer for s in single] == [comp.filter_layer] * 3
 
 
+def whole(ids: torch.Tensor) -> Any:
+    """A target of every position of a pass, one unit per token (the layer scorer needs no evidence)."""
+    from gemfilter_rag.scorers import Target
+
+    n = int(ids.shape[0])
+    units = [(t, t + 1) for t in range(n)]
+    return Target(torch.arange(n), units, [0] * n, units)
+
+
 def test_padded_pass_matches_unpadded(make_compressor: Callable[..., Any], arch: str) -> None:
     comp = make_compressor(arch)
-    prompts = build_prompts(comp, ITEMS)
+    prompts = build_prompts(comp.plan, ITEMS)
     assert len({p.length for p in prompts}) == len(prompts)  # the batch really pads
     inputs = [(p.input_ids, query_positions(p.length, p.query_start, comp.config.scoring.query)) for p in prompts]
-    batched = run_passes(comp, inputs, record=True)
+    batched = comp.plan.model.run(inputs, comp.filter_layer, attention=True)
     heads = comp.model.config.num_attention_heads
     for (ids, rows), item in zip(inputs, batched, strict=True):
-        (alone,) = run_passes(comp, [(ids, rows)], record=True)
+        (alone,) = comp.plan.model.run([(ids, rows)], comp.filter_layer, attention=True)
         assert item.attention is not None and alone.attention is not None
         assert item.attention.shape == (comp.filter_layer + 1, heads, ids.shape[0])  # every layer 0..r, (H, T)
         torch.testing.assert_close(item.attention, alone.attention, rtol=1e-4, atol=1e-5)
+        assert isinstance(comp.scorer, LayerScorer)
+        target = whole(ids)
         torch.testing.assert_close(
-            layer_token_scores(comp, item), layer_token_scores(comp, alone), rtol=1e-4, atol=1e-5
+            comp.scorer.score(item, target, None).tokens,  # type: ignore[arg-type]
+            comp.scorer.score(alone, target, None).tokens,  # type: ignore[arg-type]
+            rtol=1e-4,
+            atol=1e-5,
         )
     # the layers' attention is a distribution over the visible keys: each (layer, head) row sums to 1
     torch.testing.assert_close(batched[0].attention.sum(-1), torch.ones(comp.filter_layer + 1, heads))
@@ -103,7 +118,7 @@ def test_prompts_longer_than_the_model_fall_back_to_windows(make_compressor: Cal
 
     comp = make_compressor("llama", granularity="token")
     long_docs = [TRAINING_TEXT] * 3
-    assert build_prompts(comp, [(long_docs, "Who left?")])[0].length > MAX_POSITIONS
+    assert build_prompts(comp.plan, [(long_docs, "Who left?")])[0].length > MAX_POSITIONS
     items = [(long_docs, "Who left?"), ITEMS[1]]
     batched = comp.compress_batch(items, top_k=20)
     assert [r.kept_token_indices for r in batched] == [
@@ -117,13 +132,11 @@ def test_prompts_longer_than_the_model_fall_back_to_windows(make_compressor: Cal
 
 
 def test_per_item_budgets_and_retriever_scores_equal_one_by_one(make_compressor: Callable[..., Any], arch: str) -> None:
-    from gemfilter_rag.batch import compress_prompts
-
     comp = make_compressor(arch, granularity="sentence")
     budgets = [8, None, 12]
     scores = [[0.2, 0.9], None, [0.5, 0.1, 0.7]]
     batched = compress_prompts(
-        comp, build_prompts(comp, ITEMS), [q for _, q in ITEMS], top_k=budgets, document_scores=scores
+        comp.plan, build_prompts(comp.plan, ITEMS), [q for _, q in ITEMS], top_k=budgets, document_scores=scores
     )
     single = [
         comp.compress(d, q, top_k=k, document_scores=s) for (d, q), k, s in zip(ITEMS, budgets, scores, strict=True)
@@ -133,7 +146,7 @@ def test_per_item_budgets_and_retriever_scores_equal_one_by_one(make_compressor:
     assert single[0].kept_token_indices != comp.compress(*ITEMS[0], top_k=8).kept_token_indices  # the scores count
     assert comp.compress_batch(ITEMS, top_k=12, document_scores=scores)[2].text == single[2].text
     with pytest.raises(ValueError, match="top_k"):
-        compress_prompts(comp, build_prompts(comp, ITEMS), [q for _, q in ITEMS], top_k=[8, 8])
+        compress_prompts(comp.plan, build_prompts(comp.plan, ITEMS), [q for _, q in ITEMS], top_k=[8, 8])
     with pytest.raises(ValueError, match="document_scores"):
         comp.compress_batch(ITEMS, document_scores=[None])
     with pytest.raises(ValueError, match=r"document_scores"):

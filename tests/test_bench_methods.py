@@ -127,22 +127,22 @@ def test_gemfilter_runner_shares_one_pass_and_matches_compress(make_compressor):
     runner.verify = 0
     calls.clear()
     runner.forget()
-    import gemfilter_rag.pipeline as pipeline_module
+    from gemfilter_rag.filter_model import FilterModel
 
     passes = []
-    real_pass = pipeline_module.run_passes
+    real_pass = FilterModel.run
 
     def counting_pass(*args, **kwargs):
         passes.append(1)
         return real_pass(*args, **kwargs)
 
-    pipeline_module.run_passes = counting_pass
+    FilterModel.run = counting_pass  # type: ignore[method-assign]
     try:
         runner.run(comp, "sentence", item, 8)
         runner.run(comp, "sentence", item, 24)
         runner.run(comp, "sentence", item, 16, document_scores=[0.1, 0.9, 0.2])
     finally:
-        pipeline_module.run_passes = real_pass
+        FilterModel.run = real_pass  # type: ignore[method-assign]
     assert calls == [] and passes == [1]  # verified enough: one pass per item, no compress() call
 
 

@@ -17,7 +17,7 @@ from gemfilter_rag.calibration import (
     query_rows,
     span_tokens,
 )
-from gemfilter_rag.early_exit import capture_layer, capture_layers
+from gemfilter_rag.capture import capture_layer, capture_layers
 from gemfilter_rag.needles import NEEDLES, answer_found, make_probe, make_probes
 from gemfilter_rag.profiles import Profile
 from gemfilter_rag.prompt import build_prompt

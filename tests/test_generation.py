@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from gemfilter_rag.batch import build_prompts
 from gemfilter_rag.generation import GenerationResult, GenerationStream, answer_input_ids
+from gemfilter_rag.pipeline import build_prompts
 
 DOCS = [
     "Cities send messages. New York tells you that you should make more money. Cambridge tells you "
@@ -32,7 +32,7 @@ def _plain_generate(
     compressor: Any, docs: list[str], query: str, max_new_tokens: int = NEW, **kwargs: Any
 ) -> list[int]:
     """Reference: the model's own generate on the full prompt, new tokens only."""
-    prompt = build_prompts(compressor, [(docs, query)])[0]
+    prompt = build_prompts(compressor.plan, [(docs, query)])[0]
     ids = prompt.input_ids[None]  # (1, T)
     out = compressor.model.generate(
         input_ids=ids,
@@ -53,14 +53,14 @@ def test_full_budget_equals_plain_generate(make_compressor: Callable[..., Any], 
     assert len(res.token_ids) == NEW or res.token_ids[-1] == comp.tokenizer.eos_token_id
     assert res.text == comp.tokenizer.decode(res.token_ids, skip_special_tokens=True)
     assert res.compression.compressed_tokens == res.compression.original_tokens
-    assert res.prompt_tokens == build_prompts(comp, [(DOCS, QUERY)])[0].length
+    assert res.prompt_tokens == build_prompts(comp.plan, [(DOCS, QUERY)])[0].length
 
 
 def test_compressed_prompt_is_the_kept_tokens(make_compressor: Callable[..., Any], arch: str) -> None:
     comp = make_compressor(arch, granularity="token")
     res = comp.generate(DOCS, QUERY, max_new_tokens=3, top_k=12)
     assert isinstance(res, GenerationResult)
-    prompt = build_prompts(comp, [(DOCS, QUERY)])[0]
+    prompt = build_prompts(comp.plan, [(DOCS, QUERY)])[0]
     kept = res.compression.kept_token_indices
     assert len(kept) == 12 and res.compression.filter_layer == comp.filter_layer
     ids = answer_input_ids(prompt, kept)
@@ -90,7 +90,7 @@ def _is_subsequence(small: list[int], big: list[int]) -> bool:
 
 def test_answer_ids_drop_empty_documents_with_their_separator(make_compressor: Callable[..., Any]) -> None:
     comp = make_compressor("llama")
-    prompt = build_prompts(comp, [(DOCS, QUERY)])[0]
+    prompt = build_prompts(comp.plan, [(DOCS, QUERY)])[0]
     n0, n1 = len(prompt.documents[0].ids), len(prompt.documents[1].ids)
     everything = list(range(prompt.context_tokens))
     assert torch.equal(answer_input_ids(prompt, everything), prompt.input_ids)
@@ -98,7 +98,7 @@ def test_answer_ids_drop_empty_documents_with_their_separator(make_compressor: C
     ids = answer_input_ids(prompt, without_middle)
     gap = prompt.doc_offsets[1] - (prompt.doc_offsets[0] + n0)  # separator length
     assert ids.shape[0] == prompt.length - n1 - gap
-    reference = build_prompts(comp, [([DOCS[0], DOCS[2]], QUERY)])[0].input_ids
+    reference = build_prompts(comp.plan, [([DOCS[0], DOCS[2]], QUERY)])[0].input_ids
     assert torch.equal(ids, reference)
 
 

@@ -40,11 +40,11 @@ def test_half_precision_on_cuda_matches_fp32_scores(arch: str, dtype: torch.dtyp
     from tinymodels import build_model, build_tokenizer
 
     from gemfilter_rag import GemFilterCompressor
-    from gemfilter_rag.batch import build_prompts
+    from gemfilter_rag.pipeline import build_prompts
 
     gpu = _on_cuda(arch, "sdpa", dtype)
     cpu = GemFilterCompressor(build_model(arch), build_tokenizer(), granularity="token")
-    prompt = build_prompts(cpu, [(DOCS, QUERY)])[0]
+    prompt = build_prompts(cpu.plan, [(DOCS, QUERY)])[0]
     torch.testing.assert_close(gpu.score_prompt(prompt), cpu.score_prompt(prompt), rtol=0.1, atol=0.05)
     res = gpu.generate(DOCS, QUERY, max_new_tokens=4, top_k=8)
     assert res.compression.compressed_tokens == 8
@@ -56,11 +56,11 @@ def test_half_precision_on_cuda_matches_fp32_scores(arch: str, dtype: torch.dtyp
 def test_flash_attention_2_with_the_early_exit(arch: str) -> None:
     if arch == "gemma3":
         pytest.skip("flash-attn's softcapping/sliding path is covered by sdpa on gemma3")
-    from gemfilter_rag.batch import build_prompts
+    from gemfilter_rag.pipeline import build_prompts
 
     flash = _on_cuda(arch, "flash_attention_2", torch.bfloat16)
     sdpa = _on_cuda(arch, "sdpa", torch.bfloat16)
-    prompt = build_prompts(sdpa, [(DOCS, QUERY)])[0]
+    prompt = build_prompts(sdpa.plan, [(DOCS, QUERY)])[0]
     torch.testing.assert_close(flash.score_prompt(prompt), sdpa.score_prompt(prompt), rtol=0.05, atol=0.02)
     assert flash.model.config._attn_implementation == "flash_attention_2"  # restored after the pass
     items = [(DOCS, QUERY), (DOCS[:1], "What does a city send?")]

@@ -26,7 +26,7 @@ DOCS = [
 MEASURE = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM, LlamaConfig
-from gemfilter_rag import early_exit, memory
+from gemfilter_rag import capture, memory
 from gemfilter_rag.config import ScoringConfig
 from gemfilter_rag.scoring import token_scores
 
@@ -47,7 +47,7 @@ for attn, t, hidden, inter in json.loads(sys.argv[1]):
     rows = torch.arange(t - 16, t)
 
     def run():
-        cap = early_exit.capture_layer(model, ids, 2)
+        cap = capture.capture_layer(model, ids, 2)
         return token_scores(cap.query[:, :, rows], cap.key, rows, ScoringConfig(), cap.scaling, cap.sliding_window)
 
     run()

@@ -36,7 +36,7 @@ def test_core_does_not_import_integrations() -> None:
         "import json, sys\n"
         "import gemfilter_rag\n"
         "from gemfilter_rag import GemFilterCompressor, GemFilterConfig, ScoringConfig\n"
-        "import gemfilter_rag.compressor, gemfilter_rag.loading, gemfilter_rag.early_exit\n"
+        "import gemfilter_rag.compressor, gemfilter_rag.loading, gemfilter_rag.capture\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

@@ -22,7 +22,7 @@ from gemfilter_rag.features import (
     standardise,
     unit_features,
 )
-from gemfilter_rag.pipeline import build_prompts, run_passes
+from gemfilter_rag.pipeline import build_prompts
 from gemfilter_rag.profiles import Profile, fingerprint
 from gemfilter_rag.readout import Readout, ReadoutSet, variant_extras, variant_name
 from gemfilter_rag.scoring import query_positions
@@ -165,9 +165,9 @@ def test_recorded_attention_equals_eager_attention(arch: str) -> None:
     """Every layer 0..r: the question rows' mean softmax attention equals the eager implementation's."""
     tok = build_tokenizer()
     comp = GemFilterCompressor(build_model(arch), tok, filter_layer=LAYER)
-    (prompt,) = build_prompts(comp, [(DOCS, QUERY)])
+    (prompt,) = build_prompts(comp.plan, [(DOCS, QUERY)])
     rows = query_positions(prompt.length, prompt.query_start, "question")
-    (item,) = run_passes(comp, [(prompt.input_ids, rows)], record=True)
+    (item,) = comp.plan.model.run([(prompt.input_ids, rows)], comp.filter_layer, attention=True)
     eager = build_model(arch, "eager")
     with torch.inference_mode():
         out = eager(input_ids=prompt.input_ids[None], output_attentions=True, use_cache=False)
@@ -199,10 +199,10 @@ def test_readout_keeps_the_units_its_logits_rank_first(arch: str) -> None:
     # recompute independently: features from the recorded attention, logits, greedy fill in rank order
     from gemfilter_rag.units import prompt_units
 
-    (prompt,) = build_prompts(comp, [(DOCS, QUERY)])
+    (prompt,) = build_prompts(comp.plan, [(DOCS, QUERY)])
     units = prompt_units(prompt, "sentence", 40)
     rows = query_positions(prompt.length, prompt.query_start, "question")
-    (item,) = run_passes(comp, [(prompt.input_ids, rows)], record=True)
+    (item,) = comp.plan.model.run([(prompt.input_ids, rows)], comp.filter_layer, attention=True)
     assert item.attention is not None
     x, _ = unit_features(item.attention[:, :, prompt.context_positions()], units.units, torch.tensor(units.documents))
     logits = comp.readouts.variants["attention"].logits(x)  # type: ignore[union-attr]
@@ -249,7 +249,7 @@ def test_retriever_and_embedding_variants_are_chosen_by_what_is_given() -> None:
     from gemfilter_rag.selection import unit_scores
     from gemfilter_rag.units import prompt_units
 
-    (prompt,) = build_prompts(ruled, [(DOCS, QUERY)])
+    (prompt,) = build_prompts(ruled.plan, [(DOCS, QUERY)])
     units = prompt_units(prompt, "sentence", 30)
     values = unit_scores(torch.tensor(res.details["scores"]), units.units)  # type: ignore[index]
     favourite = [v for v, d in zip(values.tolist(), units.documents, strict=True) if d == 1]
@@ -279,7 +279,7 @@ def test_readout_scores_long_prompts_in_windows(tiny_model_factory: Callable[...
     profile = Profile("tiny", fingerprint(model.config), LAYER, readout=sets.to_dict())
     comp = GemFilterCompressor(model, tok, profile=profile)
     docs = [TRAINING_TEXT[:500], TRAINING_TEXT[500:1000]]
-    (prompt,) = build_prompts(comp, [(docs, QUERY)])
+    (prompt,) = build_prompts(comp.plan, [(docs, QUERY)])
     assert prompt.length > 160 and comp.readouts is not None
     res = comp.compress(docs, QUERY, top_k=30)
     assert 0 < res.compressed_tokens <= 30 and res.filter_layer == LAYER
@@ -306,7 +306,7 @@ def test_embeddings_prefilter_long_prompts_before_any_pass(monkeypatch: pytest.M
     from tinymodels import SEED, model_config
     from transformers import AutoModelForCausalLM
 
-    import gemfilter_rag.pipeline as pipeline_module
+    from gemfilter_rag.filter_model import FilterModel
 
     tok = build_tokenizer()
     cfg = model_config("llama", len(tok))
@@ -318,13 +318,13 @@ def test_embeddings_prefilter_long_prompts_before_any_pass(monkeypatch: pytest.M
     embedded = plain.with_embeddings(fake_embeddings)
     docs = [TRAINING_TEXT[:700], TRAINING_TEXT[700:1400]]
     lengths: list[int] = []
-    real = pipeline_module.run_passes
+    real = FilterModel.run
 
-    def counting(comp: Any, inputs: Any, record: bool) -> Any:
+    def counting(self: FilterModel, inputs: Any, exit_layer: int, attention: bool) -> Any:
         lengths.extend(int(ids.shape[0]) for ids, _ in inputs)
-        return real(comp, inputs, record)
+        return real(self, inputs, exit_layer, attention)
 
-    monkeypatch.setattr(pipeline_module, "run_passes", counting)
+    monkeypatch.setattr(FilterModel, "run", counting)
     plain.compress(docs, QUERY, top_k=30)
     without = list(lengths)
     lengths.clear()

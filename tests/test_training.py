@@ -178,15 +178,15 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
     assert f.raw.shape == (len(f.units), 2 * 3 * 4) and f.labels.any() and not f.labels.all()
     labelled = [t for t, y in zip(f.texts, f.labels.tolist(), strict=True) if y]
     assert any("Cambridge tells you" in t for t in labelled)
-    import importlib
-
-    extract_module = importlib.import_module("gemfilter_rag.training.extract")
 
     def no_model(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("cached features must not run the model again")
 
-    monkeypatch.setattr(extract_module, "run_passes", no_model)
-    again = extract(comp, examples, 2, tmp_path)
+    from gemfilter_rag.filter_model import FilterModel
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FilterModel, "run", no_model)
+        again = extract(comp, examples, 2, tmp_path)
     assert [torch.equal(a.raw, b.raw) for a, b in zip(feats, again, strict=True)] == [True] * len(feats)
     readouts, report = train_readout(
         comp, examples, embedder=None, max_layer=2, budget=16, folds=2, cache=tmp_path, log=lambda s: None

@@ -7,7 +7,8 @@ import torch
 from tinymodels import SEED, TRAINING_TEXT, model_config
 
 from gemfilter_rag import GemFilterCompressor
-from gemfilter_rag.pipeline import Evidence, _window_scorer
+from gemfilter_rag.evidence import Evidence
+from gemfilter_rag.pipeline import window_scorer
 from gemfilter_rag.selection import token_units, unit_scores
 from gemfilter_rag.sentences import sentence_spans
 from gemfilter_rag.windows import normalise, plan_windows, score_in_windows
@@ -129,7 +130,7 @@ def test_long_prompt_is_scored_in_windows(arch: str, tokenizer) -> None:
     assert prompt.length > 96
     calls: list[int] = []
 
-    inner, prefilter = _window_scorer(comp, prompt, Evidence(prompt, "What do cities send?", None, None))
+    inner, prefilter = window_scorer(comp.plan, prompt, Evidence(prompt, "What do cities send?", None, None))
     assert prefilter is None  # no embedding model: no round 0
 
     def score(ids: torch.Tensor, rows: torch.Tensor, *rest) -> torch.Tensor:
@@ -162,7 +163,7 @@ def test_single_window_ranks_units_as_one_direct_pass(tokenizer) -> None:
         use_chat_template=cfg.use_chat_template,
     )
     direct = comp.score_prompt(prompt)
-    scorer, _ = _window_scorer(comp, prompt, Evidence(prompt, "Who left?", None, None))
+    scorer, _ = window_scorer(comp.plan, prompt, Evidence(prompt, "Who left?", None, None))
     windowed = score_in_windows(prompt, 1024, cfg.scoring.query, scorer)
     doc = prompt.documents[0]
     units = token_units(doc.ends, sentence_spans(doc.text), 0, 64)
@@ -191,7 +192,7 @@ def test_window_option_sizes_the_windows_of_prompts_the_model_cannot_take(tokeni
 
     def score(ids: torch.Tensor, rows: torch.Tensor, *rest) -> torch.Tensor:
         lengths.append(int(ids.numel()))
-        return _window_scorer(small, long, Evidence(long, "Who left?", None, None))[0](ids, rows, *rest)
+        return window_scorer(small.plan, long, Evidence(long, "Who left?", None, None))[0](ids, rows, *rest)
 
     def prompt_of(text: str):
         return build_prompt(

@@ -205,7 +205,7 @@ class CompressionService:
         """Tokenize (in a worker thread) and check the context-token limit."""
         t0 = time.perf_counter()
         try:
-            (prompt,) = build_prompts(compressor, [(req.documents, req.query)])
+            (prompt,) = build_prompts(compressor.plan, [(req.documents, req.query)])
         except (TypeError, ValueError) as err:
             raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
         limit = self.settings.max_context_tokens
@@ -247,7 +247,7 @@ class CompressionService:
         """One batch, in the model thread: one padded filter pass for requests with the same options."""
         started = time.monotonic()
         results = compress_prompts(
-            items[0].compressor,
+            items[0].compressor.plan,
             [i.prompt for i in items],
             [i.query for i in items],
             top_k=[i.top_k for i in items],

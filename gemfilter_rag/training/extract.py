@@ -21,7 +21,7 @@ import torch
 
 from ..embeddings import Embedder
 from ..features import attention_features
-from ..pipeline import build_prompts, run_passes
+from ..pipeline import build_prompts
 from ..profiles import attention_heads, fingerprint
 from ..scoring import query_positions
 from ..units import prompt_units, unit_text
@@ -106,13 +106,13 @@ def extract(
         if path.exists():
             out.append(ExampleFeatures(**torch.load(path, weights_only=False)))
             continue
-        (prompt,) = build_prompts(probe, [(ex.documents, ex.question)])
+        (prompt,) = build_prompts(probe.plan, [(ex.documents, ex.question)])
         if comp.max_positions is not None and prompt.length > comp.max_positions:
             continue
         units = prompt_units(prompt, "sentence", UNIT_BUDGET)
         flat, docs = units.units, units.documents
         rows = query_positions(prompt.length, prompt.query_start, probe.config.scoring.query)
-        (item,) = run_passes(probe, [(prompt.input_ids, rows)], record=True)
+        (item,) = probe.plan.model.run([(prompt.input_ids, rows)], max_layer, attention=True)
         assert item.attention is not None
         raw = attention_features(item.attention[:, :, prompt.context_positions()], flat)  # (U, 2C)
         starts = [0]

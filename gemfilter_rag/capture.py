@@ -1,4 +1,4 @@
-"""Run a causal LM up to one layer's query/key projections and stop there.
+"""Run a causal LM up to one layer's query/key projections, record what the question attends to, and stop.
 
 This is the only module that touches transformers internals. It works through the public
 ``AttentionInterface``: every decoder layer of a transformers 5.x model calls
@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from .scoring import row_attention
 
 _PREFIX = "gemfilter+"
 
@@ -275,3 +277,83 @@ def capture_layers(
             "this architecture does not route attention through transformers' AttentionInterface."
         )
     return captured
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What one filter pass recorded for one prompt of its batch."""
+
+    query: torch.Tensor  # (1, H, Q, D): the scoring rows at the exit layer, post-RoPE
+    key: torch.Tensor  # (1, KV, T, D): every key of the prompt at the exit layer
+    rows: torch.Tensor  # (Q,) positions of the scoring rows
+    scaling: float
+    sliding_window: int | None
+    attention: torch.Tensor | None  # (L, H, T): the rows' mean attention at layers 0..exit (None: not recorded)
+
+
+@contextmanager
+def recording(
+    model: nn.Module,
+    exit_layer: int,
+    rows: Sequence[torch.Tensor],
+    lengths: Sequence[int],
+    attention: bool,
+) -> Iterator[list[PassRecord]]:
+    """Arm one pass of ``model``: the forward run inside the block stops in layer ``exit_layer``.
+
+    ``rows[i]`` (Q_i,) are the scoring positions of batch item ``i`` and ``lengths[i]`` its real length
+    (right padding is sliced off). The yielded list is filled when the block ends: one ``PassRecord``
+    per item, with the rows' attention at every layer ``0..exit_layer`` when ``attention`` is set
+    (reduced per layer as the pass goes: (H, T) per item, never T x T). The model is left as it was,
+    whatever happens inside the block.
+    """
+    layers = decoder_layers(model)
+    if not 0 <= exit_layer < len(layers):
+        raise ValueError(f"filter_layer: {exit_layer} is outside this model's layers; use 0..{len(layers) - 1}.")
+    stacks: list[list[torch.Tensor]] = [[] for _ in rows]
+
+    def observe(layer: int, cap: LayerCapture) -> None:
+        for i, r in enumerate(rows):
+            q = cap.query[i : i + 1, :, r]  # (1, H, Q, D)
+            k = cap.key[i : i + 1, :, : lengths[i]]  # (1, KV, T_i, D)
+            stacks[i].append(row_attention(q, k, r, cap.scaling, cap.sliding_window)[0].float())  # (H, T_i)
+
+    record = {id(m): i for i in range(exit_layer) for m in layers[i].modules()} if attention else None
+    armed = _Armed(
+        frozenset(id(m) for m in layers[exit_layer].modules()), record, observe=observe if attention else None
+    )
+    out: list[PassRecord] = []
+    token = _ARMED.set(armed)
+    try:
+        with _routed(model), torch.inference_mode():
+            yield out
+    except _StopForward as stop:
+        if attention:
+            observe(exit_layer, stop.capture)
+        cap = stop.capture
+        for i, r in enumerate(rows):
+            att = torch.stack(stacks[i]).cpu() if attention else None  # (L, H, T_i)
+            q = cap.query[i : i + 1, :, r]  # (1, H, Q, D)
+            k = cap.key[i : i + 1, :, : lengths[i]]  # (1, KV, T_i, D)
+            out.append(PassRecord(q, k, r, cap.scaling, cap.sliding_window, att))
+        return
+    finally:
+        _ARMED.reset(token)
+    raise RuntimeError(
+        f"model: layer {exit_layer} of {type(model).__name__} never called its attention function; "
+        "this architecture does not route attention through transformers' AttentionInterface."
+    )
+
+
+def run_pass(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    exit_layer: int,
+    rows: Sequence[torch.Tensor],
+    lengths: Sequence[int],
+    attention: bool,
+) -> list[PassRecord]:
+    """One early-exit pass over right-padded ``input_ids`` (B, T) without a padding mask (see ``recording``)."""
+    with recording(model, exit_layer, rows, lengths, attention) as out:
+        model(input_ids=input_ids, attention_mask=None, use_cache=False)
+    return out
