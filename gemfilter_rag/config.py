@@ -82,10 +82,11 @@ class GemFilterConfig:
     model's maximum positions. Prompts the model accepts are always scored in one pass. A model may find
     the needle well in short windows and lose it in long ones: the SmolLM2 profile sets 4096 (see its
     profile and benchmarks/README.md)."""
-    scorer: Literal["auto", "readout", "layer"] = "auto"
-    """How units are scored: "readout" (the model's trained readout over every head of layers
-    ``0..filter_layer``, ``gemfilter_rag.readout``), "layer" (``scoring`` at the filter layer alone), or
-    "auto" (the readout when the model's profile ships one for ``filter_layer``, else "layer")."""
+    scorer: Any = "auto"
+    """How units are scored (``gemfilter_rag.scorers``): "readout" (the model's trained readout over every
+    head of layers ``0..filter_layer``), "layer" (``scoring`` at the filter layer alone), "paper" (the
+    paper's scoring at the filter layer), "auto" (the readout when the model's profile ships one for
+    ``filter_layer``, else "layer"), a name given to ``scorers.register_scorer``, or a ``Scorer`` object."""
     prior: Literal["auto", "none", "share", "add"] = "auto"
     """How retriever scores passed as ``compress(..., document_scores=...)`` are used: "auto" (a trained
     readout fuses them as a learned feature; single-layer scoring uses "add"), "add" (their relative score,
@@ -116,8 +117,11 @@ class GemFilterConfig:
             raise TypeError(f"template: expected a str, got {type(self.template).__name__}.")
         if self.prior not in ("auto", "none", "share", "add"):
             raise ValueError(f"prior: {self.prior!r} is not valid; use 'auto', 'none', 'share' or 'add'.")
-        if self.scorer not in ("auto", "readout", "layer"):
-            raise ValueError(f"scorer: {self.scorer!r} is not valid; use 'auto', 'readout' or 'layer'.")
+        if self.scorer is None or self.scorer == "" or isinstance(self.scorer, (bool, int, float)):
+            raise ValueError(
+                f"scorer: {self.scorer!r} is not valid; use 'auto', 'readout', 'layer', 'paper', a registered name "
+                "or a Scorer object."
+            )
         if (
             isinstance(self.prior_weight, bool)
             or not isinstance(self.prior_weight, (int, float))
