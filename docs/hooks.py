@@ -4,6 +4,9 @@
   in the repository and are built into the site at the same paths, so that a page links to them as
   ``/benchmarks/README.md``: GitHub resolves that from the repository root, MkDocs from ``docs_dir``
   (``validation.links.absolute_links: relative_to_docs``), and a broken one fails ``--strict``.
+- ``FieldDescriptions`` (a griffe extension, in mkdocs.yml): a pydantic field's
+  ``Field(description=...)`` is its docstring, so that the adapters' and the service's fields are
+  documented on their class's page like dataclass fields.
 - ``on_page_markdown``: every ``::: identifier`` of a page is loaded with griffe, as mkdocstrings
   loads it, and each public class, function, method or property it documents that has no docstring
   is logged as a warning, so that ``mkdocs build --strict`` fails (mkdocstrings itself silently leaves
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from functools import cache
@@ -29,6 +33,27 @@ EXTERNAL = ("benchmarks/README.md", "benchmarks/results/*.png")
 
 # `::: identifier` at the start of a line, then its indented YAML options, if any.
 _DIRECTIVE = re.compile(r"^::: *(?P<ident>[\w.]+) *\n(?P<options>(?:[ \t]+.*\n?|\n)*)", re.MULTILINE)
+
+
+class FieldDescriptions(griffe.Extension):
+    """Use ``description=`` of a class attribute's ``Field(...)`` (pydantic) as its docstring."""
+
+    def on_attribute_instance(self, *, node: Any, attr: griffe.Attribute, agent: Any, **kwargs: Any) -> None:
+        """Read the description from the attribute's ``x: T = Field(..., description="...")``."""
+        if attr.docstring is not None or attr.parent is None or not attr.parent.is_class:
+            return
+        call = getattr(node, "value", None)
+        if not isinstance(call, ast.Call) or getattr(call.func, "id", getattr(call.func, "attr", None)) != "Field":
+            return
+        for keyword in call.keywords:
+            if keyword.arg == "description":
+                try:
+                    text = ast.literal_eval(keyword.value)
+                except ValueError:
+                    return
+                if isinstance(text, str) and text.strip():
+                    attr.docstring = griffe.Docstring(text, lineno=keyword.value.lineno, parent=attr)
+                return
 
 
 def documented_identifiers(markdown: str) -> list[tuple[str, list[str] | None]]:

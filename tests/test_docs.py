@@ -108,6 +108,24 @@ def test_hook_warns_through_mkdocs_logger(caplog, monkeypatch):
     ]
 
 
+def test_pydantic_field_descriptions_become_docstrings():
+    code = (
+        "from pydantic import BaseModel, Field\n"
+        "class M(BaseModel):\n"
+        '    """A model."""\n'
+        '    top_k: int = Field(default=1, description="Token budget" " across documents.")\n'
+        "    plain: int = 3\n"
+        '    kept: int = Field(default=2, description="ignored")\n'
+        '    """Its own docstring wins."""\n'
+    )
+    extensions = griffe.load_extensions(hooks.FieldDescriptions())
+    with griffe.temporary_visited_module(code, module_name="fields", extensions=extensions) as module:
+        model = module["M"]
+        assert model["top_k"].docstring.value == "Token budget across documents."
+        assert model["plain"].docstring is None
+        assert model["kept"].docstring.value == "Its own docstring wins."
+
+
 def test_directives_and_their_members_option_are_read():
     page = "# API\n\n::: pkg.A\n\ntext\n\n::: pkg.mod\n    options:\n      members:\n        - B\n        - f\n"
     assert hooks.documented_identifiers(page) == [("pkg.A", None), ("pkg.mod", ["B", "f"])]
