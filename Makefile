@@ -11,13 +11,13 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml)
 
-.PHONY: venv demo serve test test-fast test-long test-ray lint bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
+.PHONY: venv demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,serve,ray]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,docs]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
 	touch $@
 
 venv: $(STAMP)
@@ -41,9 +41,15 @@ test-long: $(STAMP)  ## property tests with many more examples
 	GEMFILTER_HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gemfilter_rag integrations tests benchmarks examples
-	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples
+	$(BIN)/ruff check gemfilter_rag integrations tests benchmarks examples docs/hooks.py
+	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples docs/hooks.py
 	$(BIN)/mypy gemfilter_rag
+
+docs: $(STAMP)  ## the documentation site into site/; --strict: a broken link or a missing docstring fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)  ## the documentation site at http://127.0.0.1:8001, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 bench: $(STAMP)  ## quick quality benchmark: a smoke run of every data set, method and reader (< 20 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --preset quick
@@ -68,4 +74,4 @@ calibrate: $(STAMP)  ## measure the best filter layer of the default model
 	$(BIN)/gemfilter calibrate --budget 256
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache

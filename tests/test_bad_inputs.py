@@ -1,6 +1,6 @@
 """Bad inputs: each one gets a clear error that names the argument and says what to do.
 
-The table in the README (section Reliability) lists these cases and the error each one gets.
+The table in docs/reliability.md ("Bad inputs and what each gets") lists these cases and the error each one gets.
 """
 
 from __future__ import annotations

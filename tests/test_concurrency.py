@@ -1,6 +1,6 @@
 """Concurrency: one shared model, many threads and asyncio tasks, results equal to the serial ones.
 
-The thread-safety model under test (see the README (section Reliability)): a filter pass arms its early exit
+The thread-safety model under test (see docs/reliability.md, "Thread safety"): a filter pass arms its early exit
 in a context variable of the calling thread or task only, and routes the model's attention
 through a dispatcher for the duration of the pass; the dispatcher delegates to the configured
 implementation whenever the caller has nothing armed. So compressions may run at once on one

@@ -26,7 +26,7 @@ class GemFilterAnswer(RunnableSerializable[dict[str, Any], str]):
     Args:
         compressor: an existing ``GemFilterCompressor`` (one loaded model can compress and answer);
             without it, one is loaded from ``model`` on first use.
-        **fields: the pydantic fields below.
+        **data: the pydantic fields below.
 
     Example::
 

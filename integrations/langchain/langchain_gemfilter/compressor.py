@@ -36,7 +36,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     Args:
         compressor: an existing ``GemFilterCompressor``, so that one loaded model serves several
             chains (and can also answer). Without it, one is loaded from ``model`` on first use.
-        **fields: the pydantic fields below.
+        **data: the pydantic fields below.
 
     Example::
 

@@ -34,7 +34,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     Args:
         compressor: an existing ``GemFilterCompressor``, so that one loaded model serves several
             query engines (and can also answer). Without it, one is loaded from ``model`` on first use.
-        **fields: the pydantic fields below.
+        **data: the pydantic fields below.
 
     Example::
 
