@@ -111,6 +111,19 @@ def test_a_build_that_dies_midway_leaves_no_manifest_and_the_next_run_rebuilds(t
     store.client.close()
 
 
+def test_a_collection_that_disagrees_with_its_manifest_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _open(path, CountingEmbeddings())[0].client.close()
+    manifest = json.loads((path / _store.MANIFEST).read_text())
+    (path / _store.MANIFEST).write_text(json.dumps({**manifest, "points": 5}))  # one point lost
+
+    emb = CountingEmbeddings()
+    store, info = _open(path, emb)
+    assert info.built and "does not match" in info.reason and emb.texts >= 4
+    assert json.loads((path / _store.MANIFEST).read_text())["points"] == 4
+    store.client.close()
+
+
 def test_documents_without_ids_are_refused(tmp_path: Path) -> None:
     from langchain_core.documents import Document
 
