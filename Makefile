@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,docs]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,docs,examples]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
 	touch $@
 
 venv: $(STAMP)

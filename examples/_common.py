@@ -167,31 +167,6 @@ def essay_chunks(n_essays: int, chunk_size: int, overlap: int, facts: list[Fact]
     return docs
 
 
-def langchain_store(docs: list[Any], embeddings: Any, tag: str) -> tuple[Any, bool]:
-    """An ``InMemoryVectorStore`` of ``docs``, saved in the cache so that later runs skip the embedding.
-
-    Returns (store, whether it came from the cache).
-    """
-    import hashlib
-    import json
-
-    from langchain_core.vectorstores import InMemoryVectorStore
-
-    from gemfilter_rag.loading import cache_dir
-
-    key = hashlib.sha256(json.dumps([tag, [(d.id, d.page_content) for d in docs]]).encode()).hexdigest()[:16]
-    path = cache_dir() / "examples" / f"index-{key}.json"
-    if path.exists():
-        return InMemoryVectorStore.load(str(path), embeddings), True
-    store = InMemoryVectorStore(embeddings)
-    store.add_documents(docs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    store.dump(str(tmp))
-    os.replace(tmp, path)
-    return store, False
-
-
 def prompt_tokens(tokenizer: Any, context: str, question: str) -> int:
     """Tokens of the whole answering prompt (chat template, instruction, context and question)."""
     messages = [

@@ -1,6 +1,7 @@
 """``make demo``: plain RAG vs GemFilter RAG on the benchmark's three kinds of question, wins and losses shown.
 
-One LangChain retriever (all-MiniLM-L6-v2 over an ``InMemoryVectorStore``) indexes one corpus:
+One LangChain retriever (all-MiniLM-L6-v2 over a ``QdrantVectorStore`` in Qdrant's local mode, persisted
+under the cache and built once: ``examples/_store.py``) indexes one corpus:
 
 - 8 essays cut into 600-character chunks, with two made-up facts planted mid-essay
   (``gemfilter_rag.needles.NEEDLES[5]`` and ``[7]``: a fact inside a chunk about something else);
@@ -19,7 +20,7 @@ them; the facts, essays and depths are fixed likewise. Both pipelines send the s
 Per question: what each pipeline sent (abridged), whether an accepted answer survived in it, and each
 pipeline's answer; at the end a tally of wins, ties and losses. Six questions are a demonstration, not a
 measurement: ``benchmarks/README.md`` holds the measured rates. Runs offline on a 2-core CPU in about a
-minute once the index is cached (the first run embeds the corpus). Options: ``--help``.
+minute once the store is on disk (the first run embeds the corpus into it). Options: ``--help``.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ from _common import (  # noqa: E402
     essay_chunks,
     first_line,
     fit_budget,
-    langchain_store,
     quiet_offline,
     set_threads,
     snippet,
     timed,
 )
+from _store import default_store_dir, langchain_qdrant_store, minilm_name  # noqa: E402
 
 RULE = "-" * 100
 DATA = HERE / "demo_data.json"
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--model", default=None, help="filter/answer model; default: the embedded SmolLM2")
     parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="directory of the persisted vector store (Qdrant local mode); default: <cache>/examples/qdrant-demo",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -146,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with timed(setup, "load embedder"):
         embeddings = HuggingFaceEmbeddings(model_name=str(default_embedding_path()), encode_kwargs={"batch_size": 32})
-    with timed(setup, "index"):
+    with timed(setup, "vector store"):
         docs, questions = corpus_and_questions(args.essays, args.chunk_size)
-        store, cached = langchain_store(docs, embeddings, f"demo-minilm-{args.chunk_size}")
+        store, info = langchain_qdrant_store(docs, embeddings, args.store or default_store_dir("demo"), minilm_name())
     print(
         f"corpus: {len(docs)} chunks ({args.essays} essays with 2 planted facts, 2 HotpotQA records x 10 "
-        f"paragraphs, 40 NQ passages); retriever all-MiniLM-L6-v2{' (index from cache)' if cached else ''}"
+        f"paragraphs, 40 NQ passages); retriever all-MiniLM-L6-v2"
     )
+    print(info.describe())
     print(
         f"LLM + filter: {type(core.model).__name__}, filter layer {core.filter_layer} of {core.num_layers}; "
         f"budget {args.budget} context tokens for both: plain RAG takes the top chunks, GemFilter RAG "
@@ -171,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         timings: dict[str, float] = {}
         with timed(timings, "retrieve"):
             hits = store.similarity_search_with_score(q.question, k=max(args.retrieve, 1))
-        retrieved = [d.model_copy(update={"metadata": {**d.metadata, "relevance_score": s}}) for d, s in hits]
+        retrieved = [
+            d.model_copy(update={"id": d.metadata["id"], "metadata": {**d.metadata, "relevance_score": s}})
+            for d, s in hits
+        ]
         holds = [i for i, d in enumerate(retrieved, 1) if contains_answer(d.page_content, q.answers)]
         print(
             "retrieved: "
-            + "  ".join(f"#{i} {d.id}{'+' if i in holds else ''} ({s:.2f})" for i, (d, s) in enumerate(hits, 1))
+            + "  ".join(
+                f"#{i} {d.id}{'+' if i in holds else ''} ({d.metadata['relevance_score']:.2f})"
+                for i, d in enumerate(retrieved, 1)
+            )
         )
         print(
             f"  (+ = holds an accepted answer: {'rank ' + ', '.join(map(str, holds)) if holds else 'none retrieved'})"

@@ -25,11 +25,11 @@ from _common import (  # noqa: E402
     count_tokens,
     essay_chunks,
     first_line,
-    langchain_store,
     prompt_tokens,
     quiet_offline,
     set_threads,
 )
+from _store import default_store_dir, langchain_qdrant_store, minilm_name  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=256, help="context tokens sent to the LLM")
     parser.add_argument("--retrieve", type=int, default=10, help="chunks retrieved for GemFilter RAG")
     parser.add_argument("--essays", type=int, default=16)
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="directory of the persisted vector store (Qdrant local mode); default: <cache>/examples/qdrant-langchain",
+    )
     parser.add_argument("--chunk-size", type=int, default=600, help="characters per chunk")
     args = parser.parse_args(argv)
     quiet_offline()
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     embeddings = HuggingFaceEmbeddings(model_name=str(default_embedding_path()))
     docs = essay_chunks(args.essays, args.chunk_size, args.chunk_size // 10)
-    store, _ = langchain_store(docs, embeddings, f"minilm-{args.chunk_size}")
+    store, info = langchain_qdrant_store(docs, embeddings, args.store or default_store_dir("langchain"), minilm_name())
+    print(info.describe())
     mean_chunk = sum(count_tokens(tok, d.page_content) for d in docs) / len(docs)
     plain_k = max(1, round(args.budget / mean_chunk))
     plain = store.as_retriever(search_kwargs={"k": plain_k})

