@@ -93,7 +93,7 @@ class GemFilterDocumentCompressor:
         :param compressor: An existing `GemFilterCompressor`, so that one loaded model serves several components.
             A component built with it cannot be saved in a pipeline file (pass `model` instead).
         """
-        _check_fields(top_k, granularity, filter_layer, options, meta_key, timeout, max_retries)
+        _check_fields(top_k, granularity, filter_layer, options, meta_key, endpoint, timeout, max_retries)
         self.model = model
         self.top_k = top_k
         self.granularity = granularity
@@ -300,7 +300,14 @@ def _check_top_k(name: str, value: Any) -> None:
 
 
 def _check_fields(
-    top_k: Any, granularity: Any, filter_layer: Any, options: Any, meta_key: Any, timeout: Any, max_retries: Any
+    top_k: Any,
+    granularity: Any,
+    filter_layer: Any,
+    options: Any,
+    meta_key: Any,
+    endpoint: Any,
+    timeout: Any,
+    max_retries: Any,
 ) -> None:
     """Refuse constructor arguments that could only fail later, at warm-up or in a run."""
     _check_top_k("top_k", top_k)
@@ -314,6 +321,10 @@ def _check_fields(
         raise TypeError(f"options: expected a dict of GemFilterConfig fields, got {type(options).__name__}.")
     if not isinstance(meta_key, str) or not meta_key:
         raise ValueError(f"meta_key: {meta_key!r} is not a metadata key; pass a non-empty string, e.g. 'gemfilter'.")
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ValueError(
+            f"endpoint: {endpoint!r} is not an http(s) URL; pass the service's base URL, e.g. 'http://127.0.0.1:8000'."
+        )
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout: {timeout!r} is not valid; pass seconds > 0, e.g. 60.")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
