@@ -222,6 +222,8 @@ def test_bad_documents(core: Any) -> None:
         ({"filter_layer": -1}, ValueError, "^filter_layer: "),
         ({"options": ["pool"]}, TypeError, "^options: "),
         ({"meta_key": ""}, ValueError, "^meta_key: "),
+        ({"device": "gpu0"}, ValueError, "^device: "),
+        ({"device": 0}, ValueError, "^device: "),
         ({"timeout": 0}, ValueError, "^timeout: "),
         ({"max_retries": -1}, ValueError, "^max_retries: "),
         ({"model": "/some/model", "endpoint": "http://127.0.0.1:1"}, ValueError, "^model: .*endpoint"),

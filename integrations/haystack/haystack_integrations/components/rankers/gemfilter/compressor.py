@@ -99,7 +99,7 @@ class GemFilterDocumentCompressor:
         self.granularity = granularity
         self.filter_layer = filter_layer
         self.options = dict(options or {})
-        self.device = ComponentDevice.from_str(device) if isinstance(device, str) else device
+        self.device = _device(device)
         self.dtype = dtype
         self.embeddings = embeddings
         self.use_document_scores = use_document_scores
@@ -292,6 +292,21 @@ class GemFilterDocumentCompressor:
 def _is_number(value: Any) -> bool:
     """A finite real number (numpy scalars included), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _device(device: ComponentDevice | str | None) -> ComponentDevice | None:
+    """``device`` as a ``ComponentDevice`` (strings such as "cpu" or "cuda:0" converted)."""
+    if device is None or isinstance(device, ComponentDevice):
+        return device
+    if isinstance(device, str):
+        try:
+            return ComponentDevice.from_str(device)
+        except ValueError:
+            pass
+    raise ValueError(
+        f"device: {device!r} is not a device; pass a ComponentDevice, a string such as 'cpu', 'cuda' or 'cuda:0', "
+        "or None to pick CUDA when available."
+    )
 
 
 def _check_top_k(name: str, value: Any) -> None:
