@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export HAYSTACK_TELEMETRY_ENABLED := False
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
-INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml)
+INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml integrations/haystack/pyproject.toml)
 
 .PHONY: venv demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
 

@@ -53,6 +53,8 @@ def test_core_does_not_import_integrations() -> None:
             "llama_index",
             "langchain_gemfilter",
             "llama_index_postprocessor_gemfilter",
+            "haystack",
+            "haystack_integrations",
         }
     ]
     assert heavy == []
