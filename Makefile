@@ -41,10 +41,11 @@ test-ray: $(STAMP)  ## only the Ray Serve tests (a local Ray instance, two repli
 test-long: $(STAMP)  ## property tests with many more examples
 	GEMFILTER_HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check gemfilter_rag integrations tests benchmarks examples docs/hooks.py
-	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples docs/hooks.py
+lint: $(STAMP)  ## ruff, mypy, and the import layers (lint-imports: pyproject's [tool.importlinter])
+	$(BIN)/ruff check gemfilter_rag integrations tests benchmarks examples docs/hooks.py conftest.py
+	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples docs/hooks.py conftest.py
 	$(BIN)/mypy gemfilter_rag
+	$(BIN)/lint-imports
 
 docs: $(STAMP)  ## the documentation site into site/; --strict: a broken link or a missing docstring fails
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,17 @@ def test_core_does_not_import_integrations() -> None:
         }
     ]
     assert heavy == []
+
+
+def test_importing_the_package_imports_no_test_tool_and_leaves_the_environment_alone() -> None:
+    code = (
+        "import json, os, sys\n"
+        "before = dict(os.environ)\n"
+        "import gemfilter_rag, gemfilter_rag.pipeline, gemfilter_rag.scorers, gemfilter_rag.cli\n"
+        "print(json.dumps({'modules': sorted(sys.modules), 'env': dict(os.environ) == before}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=env)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["env"] is True
+    assert not [m for m in found["modules"] if m.split(".")[0] in {"pytest", "_pytest", "hypothesis"}]
