@@ -1,17 +1,25 @@
-"""What the LangChain and LlamaIndex adapters do alike: where their compressor comes from.
+"""What the framework adapters (LangChain, LlamaIndex, Haystack) do alike: where their compressor comes
+from, and the state they hold beside their fields.
 
 A compressor is given (``compressor=``), loaded in this process (``model=``, or the embedded default),
 or a service's client (``endpoint=``). These functions check that the adapter's fields do not
-contradict each other and build the compressor; the adapters stay thin.
+contradict each other and build the compressor; ``CompressorHolder`` opens it on first use (once,
+under a lock), runs sync and async calls and keeps the last result. The adapters keep only their
+framework's mapping of types in and out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .compressor import GemFilterCompressor
 from .remote import RemoteGemFilterCompressor
+from .result import CompressionResult
+
+Compressor = GemFilterCompressor | RemoteGemFilterCompressor
 
 
 def is_auto(embeddings: Any) -> bool:
@@ -77,3 +85,56 @@ def open_compressor(
         return RemoteGemFilterCompressor(endpoint, timeout=timeout, max_retries=max_retries, options=options)
     extra = {} if is_auto(embeddings) else {"embeddings": embeddings}
     return GemFilterCompressor.from_pretrained(model, device=device, dtype=dtype, **extra, **options)
+
+
+class CompressorHolder:
+    """An adapter's compressor and last result.
+
+    Args:
+        opener: builds the compressor on first use (``open_compressor`` with the adapter's fields).
+        given: a compressor to use from the start (``adopt``), or None.
+        remote: whether the compressor is a service's client (async calls then use its async client;
+            a local model runs in a worker thread, so the event loop never blocks, loading included).
+    """
+
+    def __init__(self, opener: Callable[[], Compressor], given: Compressor | None = None, *, remote: bool) -> None:
+        self._opener = opener
+        self._compressor = given
+        self._lock = threading.Lock()
+        self.remote = remote
+        self.last_result: CompressionResult | None = None
+        """The result of the most recent call (with concurrent calls: whichever finished last)."""
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the compressor exists yet (given, or opened by a call)."""
+        return self._compressor is not None
+
+    @property
+    def compressor(self) -> Compressor:
+        """The compressor, opened on first access (once, whatever the number of threads asking)."""
+        if self._compressor is None:
+            with self._lock:
+                if self._compressor is None:
+                    self._compressor = self._opener()
+        return self._compressor
+
+    def compress(
+        self, texts: Sequence[str], query: str, *, top_k: int | None, document_scores: Sequence[float] | None
+    ) -> CompressionResult:
+        """``compress`` on the compressor; the result is also kept as ``last_result``."""
+        result = self.compressor.compress(list(texts), query, top_k=top_k, document_scores=document_scores)
+        self.last_result = result
+        return result
+
+    async def acompress(
+        self, texts: Sequence[str], query: str, *, top_k: int | None, document_scores: Sequence[float] | None
+    ) -> CompressionResult:
+        """``compress`` without blocking the event loop: the async HTTP client, or a worker thread."""
+        if not self.remote:
+            return await asyncio.to_thread(self.compress, texts, query, top_k=top_k, document_scores=document_scores)
+        remote = self.compressor
+        assert isinstance(remote, RemoteGemFilterCompressor)
+        result = await remote.acompress(list(texts), query, top_k=top_k, document_scores=document_scores)
+        self.last_result = result
+        return result

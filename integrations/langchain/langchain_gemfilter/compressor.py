@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import numbers
-import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -14,7 +12,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
-from gemfilter_rag.adapting import adopt, check_sources, config_options, open_compressor
+from gemfilter_rag.adapting import CompressorHolder, adopt, check_sources, config_options, open_compressor
 
 
 class GemFilterDocumentCompressor(BaseDocumentCompressor):
@@ -113,14 +111,13 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         description="Retries when the service answers 429/503, after its Retry-After (with `endpoint`).",
     )
 
-    _compressor: GemFilterCompressor | RemoteGemFilterCompressor | None = PrivateAttr(default=None)
-    _lock: Any = PrivateAttr(default_factory=threading.Lock)
-    _last_result: CompressionResult | None = PrivateAttr(default=None)
+    _holder: CompressorHolder = PrivateAttr()
 
     def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
         super().__init__(**data)
+        given = None
         if compressor is not None:
-            self._compressor = adopt(
+            given = adopt(
                 compressor,
                 model=self.model,
                 endpoint=self.endpoint,
@@ -129,24 +126,24 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
             )
         else:
             check_sources(self.model, self.endpoint, self.embeddings)
+        self._holder = CompressorHolder(self._open, given, remote=self.endpoint is not None)
+
+    def _open(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        return open_compressor(
+            model=self.model,
+            endpoint=self.endpoint,
+            device=self.device,
+            dtype=self.dtype,
+            embeddings=self.embeddings,
+            options=self._config_options(),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
     @property
     def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
         """The compressor in use: local (loaded on first access when none was given), or the service's client."""
-        if self._compressor is None:
-            with self._lock:
-                if self._compressor is None:
-                    self._compressor = open_compressor(
-                        model=self.model,
-                        endpoint=self.endpoint,
-                        device=self.device,
-                        dtype=self.dtype,
-                        embeddings=self.embeddings,
-                        options=self._config_options(),
-                        timeout=self.timeout,
-                        max_retries=self.max_retries,
-                    )
-        return self._compressor
+        return self._holder.compressor
 
     @property
     def last_result(self) -> CompressionResult | None:
@@ -155,7 +152,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         With concurrent calls on one instance "most recent" is whichever finished last; use
         ``compress_with_result`` to get the result of a given call.
         """
-        return self._last_result
+        return self._holder.last_result
 
     def compress_with_result(
         self, documents: Sequence[Document], query: str
@@ -167,9 +164,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
         docs, scores = self._inputs(documents, query)
         if not docs:
             return [], None
-        result = self.compressor.compress(
-            [d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores
-        )
+        result = self._holder.compress([d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores)
         return self._outputs(docs, result), result
 
     async def acompress_with_result(
@@ -177,14 +172,11 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     ) -> tuple[list[Document], CompressionResult | None]:
         """``compress_with_result`` for the event loop: the service's async client with ``endpoint``,
         else the local model in a worker thread."""
-        if self.endpoint is None:
-            return await asyncio.to_thread(self.compress_with_result, documents, query)
         docs, scores = self._inputs(documents, query)
         if not docs:
             return [], None
-        remote = self.compressor
-        assert isinstance(remote, RemoteGemFilterCompressor)
-        result = await remote.acompress([d.page_content for d in docs], query, top_k=self.top_k, document_scores=scores)
+        texts = [d.page_content for d in docs]
+        result = await self._holder.acompress(texts, query, top_k=self.top_k, document_scores=scores)
         return self._outputs(docs, result), result
 
     def _inputs(self, documents: Sequence[Document], query: str) -> tuple[list[Document], list[Any] | None]:
@@ -199,7 +191,6 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
 
     def _outputs(self, docs: list[Document], result: CompressionResult) -> list[Document]:
         """One ``Document`` per input that kept text, in input order (the same for local and remote results)."""
-        self._last_result = result
         return [
             _compressed_document(docs[r.index], r, result.filter_layer, self.metadata_key)
             for r in result.documents

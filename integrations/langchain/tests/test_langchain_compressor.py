@@ -106,7 +106,7 @@ def test_empty_documents_do_not_load_a_model() -> None:
     lc = GemFilterDocumentCompressor(model="/nonexistent/model.gguf")
     assert lc.compress_documents([], QUERY) == []
     assert lc.compress_with_result([], QUERY) == ([], None)
-    assert lc._compressor is None
+    assert not lc._holder.loaded
 
 
 @pytest.mark.parametrize("query", ["", "   "])

@@ -106,7 +106,7 @@ def test_missing_query_names_it(core: Any) -> None:
 def test_empty_nodes_do_not_load_a_model() -> None:
     pp = GemFilterNodePostprocessor(model="/nonexistent/model.gguf")
     assert pp.postprocess_nodes([], query_str=QUERY) == []
-    assert pp._compressor is None
+    assert not pp._holder.loaded
 
 
 def test_bad_arguments(core: Any) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -11,7 +9,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
-from gemfilter_rag.adapting import adopt, check_sources, config_options, open_compressor
+from gemfilter_rag.adapting import CompressorHolder, adopt, check_sources, config_options, open_compressor
 
 
 class GemFilterNodePostprocessor(BaseNodePostprocessor):
@@ -105,14 +103,13 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         description="Retries when the service answers 429/503, after its Retry-After (with `endpoint`).",
     )
 
-    _compressor: GemFilterCompressor | RemoteGemFilterCompressor | None = PrivateAttr(default=None)
-    _lock: Any = PrivateAttr(default_factory=threading.Lock)
-    _last_result: CompressionResult | None = PrivateAttr(default=None)
+    _holder: CompressorHolder = PrivateAttr()
 
     def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
         super().__init__(**data)
+        given = None
         if compressor is not None:
-            self._compressor = adopt(
+            given = adopt(
                 compressor,
                 model=self.model,
                 endpoint=self.endpoint,
@@ -121,6 +118,19 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
             )
         else:
             check_sources(self.model, self.endpoint, self.embeddings)
+        self._holder = CompressorHolder(self._open, given, remote=self.endpoint is not None)
+
+    def _open(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        return open_compressor(
+            model=self.model,
+            endpoint=self.endpoint,
+            device=self.device,
+            dtype=self.dtype,
+            embeddings=self.embeddings,
+            options=self._config_options(),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -130,20 +140,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     @property
     def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
         """The compressor in use: local (loaded on first access when none was given), or the service's client."""
-        if self._compressor is None:
-            with self._lock:
-                if self._compressor is None:
-                    self._compressor = open_compressor(
-                        model=self.model,
-                        endpoint=self.endpoint,
-                        device=self.device,
-                        dtype=self.dtype,
-                        embeddings=self.embeddings,
-                        options=self._config_options(),
-                        timeout=self.timeout,
-                        max_retries=self.max_retries,
-                    )
-        return self._compressor
+        return self._holder.compressor
 
     @property
     def last_result(self) -> CompressionResult | None:
@@ -152,7 +149,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         With concurrent calls on one instance "most recent" is whichever finished last; use
         ``compress_with_result`` to get the result of a given call.
         """
-        return self._last_result
+        return self._holder.last_result
 
     def compress_with_result(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
@@ -164,7 +161,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
         nodes, query, texts, scores = self._inputs(nodes, query_bundle)
         if not nodes:
             return [], None
-        result = self.compressor.compress(texts, query, top_k=self.top_k, document_scores=scores)
+        result = self._holder.compress(texts, query, top_k=self.top_k, document_scores=scores)
         return self._outputs(nodes, result), result
 
     async def acompress_with_result(
@@ -172,14 +169,10 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
     ) -> tuple[list[NodeWithScore], CompressionResult | None]:
         """``compress_with_result`` for the event loop: the service's async client with ``endpoint``,
         else the local model in a worker thread."""
-        if self.endpoint is None:
-            return await asyncio.to_thread(self.compress_with_result, nodes, query_bundle)
         nodes, query, texts, scores = self._inputs(nodes, query_bundle)
         if not nodes:
             return [], None
-        remote = self.compressor
-        assert isinstance(remote, RemoteGemFilterCompressor)
-        result = await remote.acompress(texts, query, top_k=self.top_k, document_scores=scores)
+        result = await self._holder.acompress(texts, query, top_k=self.top_k, document_scores=scores)
         return self._outputs(nodes, result), result
 
     def _inputs(
@@ -205,7 +198,6 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
 
     def _outputs(self, nodes: list[NodeWithScore], result: CompressionResult) -> list[NodeWithScore]:
         """One node per input that kept text, in input order (the same for local and remote results)."""
-        self._last_result = result
         return [
             _compressed_node(nodes[r.index], r, result.filter_layer, self.metadata_key)
             for r in result.documents
