@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.answers import contains_answer
 from gemfilter_rag.data import (
     HOTPOT_EVAL,
     HOTPOT_TRAIN,
@@ -38,7 +39,7 @@ from gemfilter_rag.data import (
     long_context_eval_json,
 )
 from gemfilter_rag.needles import NEEDLES, make_probe
-from gemfilter_rag.training.examples import Example, contains_answer
+from gemfilter_rag.training.examples import Example
 
 from .datasets import read_jsonl
 from .readout_study import fill_budget, mcnemar, wilson

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterable, Sequence
 from statistics import mean
 from typing import Any
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation + "‘’“”–—"})
+from gemfilter_rag.answers import contains_answer, normalize_answer
 
-
-def normalize(text: str) -> str:
-    """Lowercase, drop punctuation and articles, squeeze whitespace (the SQuAD normalisation)."""
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def contains_answer(text: str, answers: Sequence[str]) -> bool:
-    """Whether any accepted answer, normalised, occurs in normalised ``text`` on word boundaries."""
-    hay = f" {normalize(text)} "
-    return any(norm and f" {norm} " in hay for norm in (normalize(a) for a in answers))
+normalize = normalize_answer
+"""The SQuAD normalisation (``gemfilter_rag.answers.normalize_answer``)."""
 
 
 _LABEL = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.answers import contains_answer
 from gemfilter_rag.assemble import assemble
 from gemfilter_rag.capture import PassRecord
 from gemfilter_rag.data import HOTPOT_EVAL, NQ_EVAL, essays_haystack, load_nq, long_context_eval_json
@@ -45,7 +46,6 @@ from gemfilter_rag.training import nq_similarities
 from gemfilter_rag.training.examples import (
     Example,
     chunk_paragraphs,
-    contains_answer,
     hotpot_examples,
     nq_examples,
 )

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from .features import relative_scores
-from .selection import Unit, select_ranked
+from .features import standardise as features_standardise
+from .selection import Unit, normalise, select_ranked
 
 PRIOR_MODES = ("auto", "none", "share", "add")
 
@@ -58,12 +59,9 @@ def check_document_scores(document_scores: Any, n_documents: int) -> list[float]
 
 
 def standardise(values: Sequence[float]) -> torch.Tensor:
-    """Z-scores of ``values`` (all zeros when they are all equal). (D,) float64."""
+    """Z-scores of ``values`` (all zeros when they are (near) equal): ``features.standardise`` of one column. (D,)"""
     x = torch.tensor(list(values), dtype=torch.float64)
-    if x.numel() == 0:
-        return x
-    std = x.std(unbiased=False)
-    return (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
+    return features_standardise(x[:, None])[:, 0]
 
 
 def budget_shares(document_scores: Sequence[float], weight: float) -> torch.Tensor:
@@ -120,9 +118,7 @@ def add_prior(
         raise ValueError(f"doc_lengths: sum to {sum(doc_lengths)} but there are {n} token scores.")
     if n == 0:
         return scores.float()
-    shifted = scores.double() - scores.double().min()
-    mean = shifted.mean()
-    norm = shifted / mean if mean > 0 else torch.ones_like(shifted)  # (N,)
+    norm = normalise(scores)  # (N,)
     per_doc = relative_scores(document_scores)  # (D,)
     prior = torch.repeat_interleave(per_doc, torch.tensor(list(doc_lengths)))  # (N,)
     return (norm + weight * prior).float()

@@ -59,6 +59,13 @@ def select_ranked(values: torch.Tensor, units: Sequence[Unit], budget: int) -> t
     return torch.cat([torch.arange(units[u][0], units[u][1]) for u in kept])
 
 
+def normalise(scores: torch.Tensor) -> torch.Tensor:
+    """Shift (N,) scores to a minimum of 0 and scale them to a mean of 1 (all ones if constant). (N,) float64"""
+    shifted = scores.double() - scores.double().min() if scores.numel() else scores.double()
+    mean = shifted.mean() if scores.numel() else shifted.new_zeros(())
+    return shifted / mean if mean > 0 else torch.ones_like(shifted)
+
+
 def spread(values: torch.Tensor, units: Sequence[Unit], n: int) -> torch.Tensor:
     """Token scores (n,) that give each unit's tokens an equal part of its value (U,), so that
     ``unit_scores`` of the result gives ``values`` back; tokens outside every unit get 0."""

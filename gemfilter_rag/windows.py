@@ -32,7 +32,7 @@ import torch
 
 from .prompt import FilterPrompt
 from .scoring import query_positions
-from .selection import MAX_SENTENCE_TOKENS, Unit, select_ranked, spread, token_units
+from .selection import MAX_SENTENCE_TOKENS, Unit, normalise, select_ranked, spread, token_units
 from .sentences import sentence_spans
 
 MIN_WINDOW = 16
@@ -76,13 +76,6 @@ def plan_windows(sizes: Sequence[int], window: int, overlap: int) -> list[tuple[
             shared += sizes[back]
         i = back
     return runs
-
-
-def normalise(scores: torch.Tensor) -> torch.Tensor:
-    """Shift (N,) scores to a minimum of 0 and scale them to a mean of 1 (all ones if constant)."""
-    shifted = scores.double() - scores.double().min()
-    mean = shifted.mean()
-    return (shifted / mean).float() if mean > 0 else torch.ones_like(scores, dtype=torch.float32)
 
 
 def context_units(prompt: FilterPrompt, max_tokens: int) -> list[Unit]:

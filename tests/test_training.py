@@ -11,13 +11,13 @@ import torch
 from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
 
 from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.answers import contains_answer
 from gemfilter_rag.readout import ReadoutSet
 from gemfilter_rag.training import TrainingReport, choose_layer, train_readout
 from gemfilter_rag.training.examples import (
     Example,
     answer_spans,
     chunk_paragraphs,
-    contains_answer,
     hotpot_examples,
     nq_examples,
     squad_examples,

@@ -39,7 +39,9 @@ def test_plan_windows_validates() -> None:
 
 
 def test_normalise_against_manual_values() -> None:
-    torch.testing.assert_close(normalise(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(
+        normalise(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    )
     assert normalise(torch.tensor([5.0, 5.0])).tolist() == [1.0, 1.0]
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..answers import contains_answer
 from ..features import combine, relative_scores, select_layers
 from ..readout import Readout, variant_extras
 from ..selection import select_ranked
-from .examples import contains_answer
 from .extract import ExampleFeatures
 
 
