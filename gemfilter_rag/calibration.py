@@ -137,10 +137,12 @@ class CalibrationReport:
         return Profile(
             name=name,
             match=fingerprint(model_config),
-            filter_layer=layer,
-            scoring=asdict(SCORING_OPTIONS.get(option, ScoringConfig())),
-            granularity="sentence",
-            top_k=top_k,
+            defaults={
+                "filter_layer": layer,
+                "scoring": asdict(SCORING_OPTIONS.get(option, ScoringConfig())),
+                "granularity": "sentence",
+                "top_k": top_k,
+            },
             source=source,
             measurements=measurements,
         )

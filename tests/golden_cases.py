@@ -70,7 +70,7 @@ def _compressor(case: dict[str, Any]) -> Any:
     embeddings = fake_embeddings if case.get("embeddings") == "fake" else None
     if case.get("readout"):
         sets = tiny_readouts()
-        profile = Profile("tiny", fingerprint(model.config), sets.layer, readout=sets.to_dict())
+        profile = Profile("tiny", fingerprint(model.config), {"filter_layer": sets.layer}, readout=sets.to_dict())
         return GemFilterCompressor(model, build_tokenizer(), profile=profile, embeddings=embeddings, **options)
     return GemFilterCompressor(model, build_tokenizer(), embeddings=embeddings, **options)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,7 +144,7 @@ def test_profile_round_trip_and_profile_argument(tmp_path, tiny_model_factory, t
     path = tmp_path / "tiny.json"
     prof.save(path)
     loaded = Profile.load(path)
-    assert loaded.filter_layer == 1 and loaded.scoring["query"] == "last"
+    assert loaded.filter_layer == 1 and loaded.defaults["scoring"]["query"] == "last"
     assert loaded.measurements["chosen"]["option"] == "last_softmax_max7"
     assert loaded.source.startswith("measured:")
     assert loaded.matches(model.config)
@@ -194,3 +195,29 @@ def test_gemma3_270m_profile_matches_its_config_and_reads_up_to_a_full_attention
     assert readouts is not None and readouts.layer == profile.filter_layer
     assert readouts.heads == cfg.num_attention_heads
     assert profile.measurements["chosen"]["sentence_recall"] == 1.0
+
+
+def test_a_profile_written_before_defaults_loads_and_a_bad_field_is_named(tmp_path: Path) -> None:
+    import json
+
+    from gemfilter_rag.profiles import Profile
+
+    old = {
+        "name": "old",
+        "match": {"model_type": "llama"},
+        "filter_layer": 3,
+        "scoring": {"query": "last"},
+        "top_k": 64,
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    loaded = Profile.load(path)
+    assert loaded.defaults == {"filter_layer": 3, "scoring": {"query": "last"}, "top_k": 64}
+    cfg = loaded.config()
+    assert cfg.filter_layer == 3 and cfg.scoring.query == "last" and cfg.top_k == 64 and cfg.granularity == "sentence"
+    loaded.save(path)
+    assert "defaults" in json.loads(path.read_text()) and Profile.load(path) == loaded
+    with pytest.raises(ValueError, match="top_k"):
+        Profile("bad", {}, {"top_k": 0})
+    with pytest.raises(TypeError, match="defaults"):
+        Profile("bad", {}, 3)  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ def tiny_readouts(layer: int = LAYER, heads: int = HEADS, seed: int = 0) -> Read
 def readout_compressor(arch: str, readouts: ReadoutSet | None = None, **options: Any) -> GemFilterCompressor:
     model = build_model(arch)
     sets = readouts or tiny_readouts()
-    profile = Profile("tiny", fingerprint(model.config), sets.layer, readout=sets.to_dict())
+    profile = Profile("tiny", fingerprint(model.config), {"filter_layer": sets.layer}, readout=sets.to_dict())
     return GemFilterCompressor(model, build_tokenizer(), profile=profile, **options)
 
 
@@ -276,7 +276,7 @@ def test_readout_scores_long_prompts_in_windows(tiny_model_factory: Callable[...
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float().eval()
     sets = tiny_readouts()
-    profile = Profile("tiny", fingerprint(model.config), LAYER, readout=sets.to_dict())
+    profile = Profile("tiny", fingerprint(model.config), {"filter_layer": LAYER}, readout=sets.to_dict())
     comp = GemFilterCompressor(model, tok, profile=profile)
     docs = [TRAINING_TEXT[:500], TRAINING_TEXT[500:1000]]
     (prompt,) = build_prompts(comp.plan, [(docs, QUERY)])
@@ -313,7 +313,7 @@ def test_embeddings_prefilter_long_prompts_before_any_pass(monkeypatch: pytest.M
     cfg.max_position_embeddings = 160
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float().eval()
-    profile = Profile("tiny", fingerprint(model.config), LAYER, readout=tiny_readouts().to_dict())
+    profile = Profile("tiny", fingerprint(model.config), {"filter_layer": LAYER}, readout=tiny_readouts().to_dict())
     plain = GemFilterCompressor(model, tok, profile=profile)
     embedded = plain.with_embeddings(fake_embeddings)
     docs = [TRAINING_TEXT[:700], TRAINING_TEXT[700:1400]]

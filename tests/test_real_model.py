@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gemfilter_rag import GemFilterCompressor, ScoringConfig
+from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag.data import essays_haystack
 
 pytestmark = pytest.mark.real
@@ -65,9 +65,10 @@ def test_paper_mode_token_smoke(compressor: GemFilterCompressor, haystack: str) 
         compressor.model,
         compressor.tokenizer,
         granularity="token",
-        scoring=ScoringConfig.paper(),
+        scorer="paper",  # the paper's scoring; scoring=ScoringConfig.paper() alone is refused under the readout
         filter_layer=compressor.filter_layer,
     )
+    assert paper.scorer.rows == "last" and paper.readouts is None
     document = _plant(haystack[: len(haystack) // 4], 0.5)  # ~1K tokens: a smoke check, kept cheap
     result = paper.compress([document], QUESTION, top_k=256)
     assert result.compressed_tokens == 256

@@ -199,7 +199,9 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
     # the readout goes into a profile and the compressor uses it at its layer
     from gemfilter_rag.profiles import Profile, fingerprint
 
-    profile = Profile("tiny", fingerprint(comp.model.config), readouts.layer, readout=readouts.to_dict())
+    profile = Profile(
+        "tiny", fingerprint(comp.model.config), {"filter_layer": readouts.layer}, readout=readouts.to_dict()
+    )
     path = tmp_path / "tiny.json"
     profile.save(path)
     loaded = GemFilterCompressor(comp.model, comp.tokenizer, profile=str(path))
@@ -225,7 +227,7 @@ def test_train_readout_command_on_a_tiny_model(tmp_path: Path, monkeypatch: pyte
     )
     assert code == 0
     profile = json.loads((out / "tiny-qwen.json").read_text())
-    assert profile["name"] == "Tiny Qwen" and profile["readout"]["layer"] == profile["filter_layer"] <= 1
+    assert profile["name"] == "Tiny Qwen" and profile["readout"]["layer"] == profile["defaults"]["filter_layer"] <= 1
     assert profile["source"].startswith("trained: gemfilter train-readout")
     report = json.loads((out / "tiny-qwen.report.json").read_text())
     assert set(report["per_layer"]) == {"0", "1"}

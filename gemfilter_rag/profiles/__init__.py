@@ -7,7 +7,7 @@ whether they were loaded from a GGUF file, a local directory or the hub cache.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,38 @@ MATCH_KEYS = (
 )
 
 
+LEGACY_FIELDS = ("filter_layer", "scoring", "granularity", "top_k", "window")
+"""``GemFilterConfig`` fields that profiles written before 0.2 kept at their top level (read into ``defaults``)."""
+
+
 @dataclass(frozen=True)
 class Profile:
     """Defaults for one model, and where they come from."""
 
     name: str
     match: dict[str, Any]
-    filter_layer: int
-    scoring: dict[str, Any] = field(default_factory=dict)
-    granularity: str = "sentence"
-    top_k: int = 1024
-    window: int | None = None
-    """Longest filter pass in tokens (``GemFilterConfig.window``); None: the model's maximum positions."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """``GemFilterConfig`` fields measured for this model (``scoring`` as a dict of ``ScoringConfig`` fields),
+    e.g. ``{"filter_layer": 15, "window": 4096}``; the rest keep ``GemFilterConfig``'s own defaults."""
     source: str = ""
-    """"measured: ..." (with the command and budget) or "paper: ..."."""
+    """"measured: ..." (with the command and budget), "trained: ..." or "paper: ..."."""
     measurements: dict[str, Any] = field(default_factory=dict)
     readout: dict[str, Any] | None = None
     """A trained ``ReadoutSet`` (``ReadoutSet.to_dict()``) from ``gemfilter train-readout``, or None."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.defaults, dict):
+            raise TypeError(
+                f"defaults: expected a dict of GemFilterConfig fields, got {type(self.defaults).__name__}; "
+                "e.g. {'filter_layer': 15}."
+            )
+        self.config()  # every field valid, or a ValueError that names it
+
+    @property
+    def filter_layer(self) -> int | None:
+        """The measured filter layer, if the profile sets one."""
+        value = self.defaults.get("filter_layer")
+        return None if value is None else int(value)
 
     def readouts(self) -> ReadoutSet | None:
         """The trained readouts of this model, if the profile ships them."""
@@ -49,13 +64,14 @@ class Profile:
 
     def config(self) -> GemFilterConfig:
         """The ``GemFilterConfig`` this profile stands for."""
-        return GemFilterConfig(
-            filter_layer=self.filter_layer,
-            top_k=self.top_k,
-            granularity=self.granularity,  # type: ignore[arg-type]
-            scoring=ScoringConfig(**self.scoring),
-            window=self.window,
-        )
+        values = dict(self.defaults)
+        if isinstance(values.get("scoring"), dict):
+            values["scoring"] = ScoringConfig(**values["scoring"])
+        return GemFilterConfig(**values)
+
+    def with_defaults(self, **fields: Any) -> Profile:
+        """A copy with some ``defaults`` changed."""
+        return replace(self, defaults={**self.defaults, **fields})
 
     def matches(self, model_config: Any) -> bool:
         """Whether a model's config has this profile's architecture."""
@@ -63,15 +79,21 @@ class Profile:
         return all(getattr(cfg, k, None) == v for k, v in self.match.items())
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        """A profile from its JSON form; the top-level config fields of older profiles go into ``defaults``."""
+        data = dict(data)
+        legacy = {k: data.pop(k) for k in LEGACY_FIELDS if k in data}
+        if legacy:
+            data["defaults"] = {**legacy, **data.get("defaults", {})}
+        return cls(**data)
+
+    @classmethod
     def load(cls, path: str | Path) -> Profile:
         """Read a profile from its JSON file."""
-        data = json.loads(Path(path).read_text())
-        return cls(**data)
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save(self, path: str | Path) -> None:
         """Write the profile as JSON."""
-        from dataclasses import asdict
-
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
@@ -91,7 +113,7 @@ def shipped_profiles() -> list[Profile]:
     """The profiles that ship with the package."""
     folder = resources.files(__package__)
     return [
-        Profile(**json.loads(p.read_text()))
+        Profile.from_dict(json.loads(p.read_text()))
         for p in sorted(folder.iterdir(), key=lambda p: p.name)
         if p.name.endswith(".json")
     ]

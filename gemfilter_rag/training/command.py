@@ -79,12 +79,12 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         f"chosen by cross-validated answer survival at {args.budget} tokens"
     )
     if shipped is not None:
-        profile = replace(shipped, filter_layer=readouts.layer, readout=readouts.to_dict(), source=source)
+        profile = replace(shipped.with_defaults(filter_layer=readouts.layer), readout=readouts.to_dict(), source=source)
     else:
         profile = Profile(
             name=args.name or Path(str(args.model)).stem,
             match=fingerprint(comp.model.config),
-            filter_layer=readouts.layer,
+            defaults={"filter_layer": readouts.layer},
             source=source,
             readout=readouts.to_dict(),
         )
