@@ -138,3 +138,33 @@ class CompressorHolder:
         result = await remote.acompress(list(texts), query, top_k=top_k, document_scores=document_scores)
         self.last_result = result
         return result
+
+
+def holder_for(
+    adapter: Any, compressor: GemFilterCompressor | None, options: Callable[[], dict[str, Any]]
+) -> CompressorHolder:
+    """The ``CompressorHolder`` of an adapter whose fields are named as the adapters name them (``model``,
+    ``endpoint``, ``device``, ``dtype``, ``embeddings``, ``timeout``, ``max_retries``): ``compressor``
+    adopted when given (its fields checked against it), else opened from the fields on first use.
+    ``options`` gives the adapter's ``GemFilterConfig`` options."""
+    given = None
+    if compressor is not None:
+        given = adopt(
+            compressor, model=adapter.model, endpoint=adapter.endpoint, embeddings=adapter.embeddings, options=options()
+        )
+    else:
+        check_sources(adapter.model, adapter.endpoint, adapter.embeddings)
+
+    def opener() -> Compressor:
+        return open_compressor(
+            model=adapter.model,
+            endpoint=adapter.endpoint,
+            device=adapter.device,
+            dtype=adapter.dtype,
+            embeddings=adapter.embeddings,
+            options=options(),
+            timeout=adapter.timeout,
+            max_retries=adapter.max_retries,
+        )
+
+    return CompressorHolder(opener, given, remote=adapter.endpoint is not None)

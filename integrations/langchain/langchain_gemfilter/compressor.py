@@ -12,7 +12,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
-from gemfilter_rag.adapting import CompressorHolder, adopt, check_sources, config_options, open_compressor
+from gemfilter_rag.adapting import CompressorHolder, config_options, holder_for
 
 
 class GemFilterDocumentCompressor(BaseDocumentCompressor):
@@ -115,30 +115,7 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
 
     def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
         super().__init__(**data)
-        given = None
-        if compressor is not None:
-            given = adopt(
-                compressor,
-                model=self.model,
-                endpoint=self.endpoint,
-                embeddings=self.embeddings,
-                options=self._config_options(),
-            )
-        else:
-            check_sources(self.model, self.endpoint, self.embeddings)
-        self._holder = CompressorHolder(self._open, given, remote=self.endpoint is not None)
-
-    def _open(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
-        return open_compressor(
-            model=self.model,
-            endpoint=self.endpoint,
-            device=self.device,
-            dtype=self.dtype,
-            embeddings=self.embeddings,
-            options=self._config_options(),
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
+        self._holder = holder_for(self, compressor, self._config_options)
 
     @property
     def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:

@@ -9,7 +9,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from gemfilter_rag import CompressionResult, DocumentResult, GemFilterCompressor, RemoteGemFilterCompressor
-from gemfilter_rag.adapting import CompressorHolder, adopt, check_sources, config_options, open_compressor
+from gemfilter_rag.adapting import CompressorHolder, config_options, holder_for
 
 
 class GemFilterNodePostprocessor(BaseNodePostprocessor):
@@ -107,30 +107,7 @@ class GemFilterNodePostprocessor(BaseNodePostprocessor):
 
     def __init__(self, compressor: GemFilterCompressor | None = None, **data: Any) -> None:
         super().__init__(**data)
-        given = None
-        if compressor is not None:
-            given = adopt(
-                compressor,
-                model=self.model,
-                endpoint=self.endpoint,
-                embeddings=self.embeddings,
-                options=self._config_options(),
-            )
-        else:
-            check_sources(self.model, self.endpoint, self.embeddings)
-        self._holder = CompressorHolder(self._open, given, remote=self.endpoint is not None)
-
-    def _open(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
-        return open_compressor(
-            model=self.model,
-            endpoint=self.endpoint,
-            device=self.device,
-            dtype=self.dtype,
-            embeddings=self.embeddings,
-            options=self._config_options(),
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
+        self._holder = holder_for(self, compressor, self._config_options)
 
     @classmethod
     def class_name(cls) -> str:
