@@ -1,10 +1,8 @@
 """``GemFilterDocumentCompressor``: GemFilter as a Haystack component."""
 
-import asyncio
 import dataclasses
 import math
 import numbers
-import threading
 from typing import Any, Literal
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -12,7 +10,7 @@ from haystack.core.errors import SerializationError
 from haystack.utils import ComponentDevice
 
 from gemfilter_rag import CompressionResult, GemFilterCompressor, RemoteGemFilterCompressor
-from gemfilter_rag.adapting import adopt, check_sources, config_options, open_compressor
+from gemfilter_rag.adapting import CompressorHolder, adopt, check_sources, config_options, open_compressor
 
 GRANULARITIES = ("token", "sentence", "document")
 
@@ -108,19 +106,31 @@ class GemFilterDocumentCompressor:
         self.timeout = timeout
         self.max_retries = max_retries
         self._given = compressor is not None
-        self._compressor: GemFilterCompressor | RemoteGemFilterCompressor | None = None
-        self._lock = threading.Lock()
+        given = None
         if compressor is not None:
-            self._compressor = adopt(
+            given = adopt(
                 compressor, model=model, endpoint=endpoint, embeddings=embeddings, options=self._config_options()
             )
         else:
             check_sources(model, endpoint, embeddings)
+        self._holder = CompressorHolder(self._open, given, remote=endpoint is not None)
+
+    def _open(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        return open_compressor(
+            model=self.model,
+            endpoint=self.endpoint,
+            device=self.device.to_torch_str() if self.device is not None else None,
+            dtype=self.dtype,
+            embeddings=self.embeddings,
+            options=self._config_options(),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
     @property
     def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor | None:
         """The compressor in use: the given or loaded local one, the service's client, or None before `warm_up()`."""
-        return self._compressor
+        return self._holder.compressor if self._holder.loaded else None
 
     def warm_up(self) -> None:
         """
@@ -128,20 +138,7 @@ class GemFilterDocumentCompressor:
 
         A Pipeline calls it before running; `run` calls it too, so a component used on its own loads on first use.
         """
-        if self._compressor is not None:
-            return
-        with self._lock:
-            if self._compressor is None:
-                self._compressor = open_compressor(
-                    model=self.model,
-                    endpoint=self.endpoint,
-                    device=self.device.to_torch_str() if self.device is not None else None,
-                    dtype=self.dtype,
-                    embeddings=self.embeddings,
-                    options=self._config_options(),
-                    timeout=self.timeout,
-                    max_retries=self.max_retries,
-                )
+        self._holder.compressor  # noqa: B018 - opened once, under the holder's lock
 
     @component.output_types(documents=list[Document], dropped=list[Document])
     def run(self, documents: list[Document], query: str, top_k: int | None = None) -> dict[str, list[Document]]:
@@ -160,9 +157,7 @@ class GemFilterDocumentCompressor:
         docs, scores, budget = self._inputs(documents, query, top_k)
         if not docs:
             return {"documents": [], "dropped": []}
-        self.warm_up()
-        assert self._compressor is not None
-        result = self._compressor.compress([d.content or "" for d in docs], query, top_k=budget, document_scores=scores)
+        result = self._holder.compress([d.content or "" for d in docs], query, top_k=budget, document_scores=scores)
         return self._outputs(docs, result)
 
     @component.output_types(documents=list[Document], dropped=list[Document])
@@ -177,27 +172,24 @@ class GemFilterDocumentCompressor:
         :param top_k: Token budget for this run; None uses the one given at construction.
         :returns: The same dictionary as `run`.
         """
-        if self.endpoint is None:
-            return await asyncio.to_thread(self.run, documents, query, top_k)
         docs, scores, budget = self._inputs(documents, query, top_k)
         if not docs:
             return {"documents": [], "dropped": []}
-        self.warm_up()
-        remote = self._compressor
-        assert isinstance(remote, RemoteGemFilterCompressor)
-        result = await remote.acompress([d.content or "" for d in docs], query, top_k=budget, document_scores=scores)
+        texts = [d.content or "" for d in docs]
+        result = await self._holder.acompress(texts, query, top_k=budget, document_scores=scores)
         return self._outputs(docs, result)
 
     def close(self) -> None:
         """Closes the service's HTTP client (with `endpoint`); a local model stays loaded."""
-        if isinstance(self._compressor, RemoteGemFilterCompressor):
-            self._compressor.close()
+        if isinstance(self.compressor, RemoteGemFilterCompressor):
+            self.compressor.close()
 
     async def close_async(self) -> None:
         """Closes the service's HTTP clients, the async one of the running event loop included."""
-        if isinstance(self._compressor, RemoteGemFilterCompressor):
-            self._compressor.close()
-            await self._compressor.aclose()
+        remote = self.compressor
+        if isinstance(remote, RemoteGemFilterCompressor):
+            remote.close()
+            await remote.aclose()
 
     def to_dict(self) -> dict[str, Any]:
         """
