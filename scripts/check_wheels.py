@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import email.parser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def tree_files(directory: Path) -> set[str]:
 
 
 def built(dist: Path, package: Package, suffix: str) -> Path:
-    stem = package.name.replace("-", "_")
+    stem = re.sub(r"[-_.]+", "_", package.name).lower()
     found = sorted(dist.glob(f"{stem}-{package.version}{suffix}"))
     if len(found) != 1:
         fail(f"expected one {stem}-{package.version}{suffix} in {dist}, found {[f.name for f in found]}")
@@ -82,15 +83,16 @@ def check_wheel(wheel: Path, package: Package, all_packages: list[Package]) -> N
         fail(f"{wheel.name}: misses files of {where}: {missing[:10]} (package data?)")
     if extra:
         fail(f"{wheel.name}: holds files that are not in the source tree: {extra[:10]}")
-    if not any(n.endswith("/py.typed") for n in content):
-        fail(f"{wheel.name}: no py.typed marker")
     if package.is_core:
+        if "gemfilter_rag/py.typed" not in content:
+            fail(f"{wheel.name}: no gemfilter_rag/py.typed marker")
         profiles = sorted(n for n in content if n.startswith("gemfilter_rag/profiles/") and n.endswith(".json"))
         if "gemfilter_rag/profiles/smollm2-135m-instruct.json" not in profiles:
             fail(f"{wheel.name}: the default model's profile JSON is missing (found {profiles})")
         print(f"  {wheel.name}: {len(content)} files, profiles {[Path(p).name for p in profiles]}, py.typed")
     else:
-        print(f"  {wheel.name}: {len(content)} files, py.typed")
+        typed = ", py.typed" if any(n.endswith("/py.typed") for n in content) else ""
+        print(f"  {wheel.name}: {len(content)} files{typed}")
     if metadata["Version"] != package.version:
         fail(f"{wheel.name}: metadata version {metadata['Version']}, expected {package.version}")
     if not metadata.get("License-Expression") and not metadata.get("License"):
@@ -169,7 +171,7 @@ def main() -> int:
         shutil.copy(ROOT / "scripts" / "smoke_installed.py", smoke)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env["HF_HUB_OFFLINE"] = "1"
-        integrations = [p.directory.name for p in pkgs if not p.is_core]
+        integrations = [f"{p.directory.name}={p.name}" for p in pkgs if not p.is_core]
         stamp = time.perf_counter()
         run(
             [str(python), str(smoke), "--version", version, "--checkout", str(ROOT)]

@@ -5,7 +5,7 @@ environment, that the default model loads with its shipped, trained profile, and
 goes through the core and through each adapter whose package was built. It uses only what a user's
 ``pip install`` gives: no test helpers, no file of the checkout.
 
-    python smoke_installed.py --version 0.1.0 --checkout /path/to/repo --integration langchain ...
+    python smoke_installed.py --version 0.1.0 --checkout /path/to/repo --integration langchain=langchain-gemfilter
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import argparse
 import importlib
 import importlib.metadata
 import inspect
-import pkgutil
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,6 @@ DOCUMENTS = [
 ]
 QUESTION = "When was the Eiffel Tower completed?"
 BUDGET = 24
-# What each integration folder builds: its distribution and the module it installs.
-INTEGRATIONS = {
-    "langchain": ("langchain-gemfilter", "langchain_gemfilter"),
-    "llama_index": ("llama-index-postprocessor-gemfilter", "llama_index.postprocessor.gemfilter"),
-    "haystack": (None, "haystack_integrations"),
-}
 
 
 def check(condition: bool, message: str) -> None:
@@ -113,11 +106,11 @@ def haystack(compressor, checkout: Path) -> None:  # noqa: ANN001
     import haystack_integrations.components as components
     from haystack import Document
 
-    modules = [
-        importlib.import_module(info.name)
-        for info in pkgutil.walk_packages(components.__path__, components.__name__ + ".")
-        if info.name.rsplit(".", 1)[-1] == "gemfilter"
-    ]
+    # <kind> is a namespace package (no __init__.py), which pkgutil does not list: look for the folders.
+    kinds = sorted(
+        {init.parent.parent.name for root in components.__path__ for init in Path(root).glob("*/gemfilter/__init__.py")}
+    )
+    modules = [importlib.import_module(f"{components.__name__}.{kind}.gemfilter") for kind in kinds]
     check(bool(modules), "no haystack_integrations.components.<kind>.gemfilter module is installed")
     ran = 0
     for module in modules:
@@ -131,7 +124,8 @@ def haystack(compressor, checkout: Path) -> None:  # noqa: ANN001
             query_arg = next((q for q in ("query", "question") if q in params), None)
             if "documents" not in params or query_arg is None:
                 continue
-            component = cls(compressor=compressor, top_k=BUDGET)
+            budget = {"top_k": BUDGET} if "top_k" in inspect.signature(cls).parameters else {}
+            component = cls(compressor=compressor, **budget)
             if hasattr(component, "warm_up"):
                 component.warm_up()
             docs = [Document(content=text, id=str(i)) for i, text in enumerate(DOCUMENTS)]
@@ -147,24 +141,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", required=True, help="the version every package must have")
     parser.add_argument("--checkout", required=True, type=Path, help="the repository, which nothing may come from")
-    parser.add_argument("--integration", action="append", default=[], help="an integration folder that was built")
+    parser.add_argument(
+        "--integration", action="append", default=[], help="FOLDER=DISTRIBUTION of an integration that was built"
+    )
     args = parser.parse_args()
     checkout = args.checkout.resolve()
     check(not Path.cwd().resolve().is_relative_to(checkout), f"run from inside the checkout ({Path.cwd()})")
     check(all(not Path(p or ".").resolve().is_relative_to(checkout) for p in sys.path), "the checkout is on sys.path")
+    built = dict(item.split("=", 1) for item in args.integration)
 
     start = time.perf_counter()
     compressor = core(checkout, args.version)
+    for distribution in built.values():
+        check_version(distribution, args.version)
     runners = {"langchain": langchain, "llama_index": llama_index, "haystack": haystack}
-    for folder, (distribution, _) in INTEGRATIONS.items():
-        if folder not in args.integration:
+    for folder, runner in runners.items():
+        if folder not in built:
             print(f"smoke: skipped {folder}: integrations/{folder} is absent")
             continue
-        if distribution is not None:
-            check_version(distribution, args.version)
-        runners[folder](compressor, checkout)
-    unknown = sorted(set(args.integration) - set(INTEGRATIONS))
-    for folder in unknown:
+        runner(compressor, checkout)
+    for folder in sorted(set(built) - set(runners)):
         print(f"smoke: integrations/{folder} was built and installed; this smoke test has no compress for it yet")
     print(f"smoke: passed in {time.perf_counter() - start:.1f}s")
 
