@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml integrations/haystack/pyproject.toml)
 
-.PHONY: venv demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
+.PHONY: venv wheels check-wheels bump demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ test-long: $(STAMP)  ## property tests with many more examples
 	GEMFILTER_HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff, mypy, and the import layers (lint-imports: pyproject's [tool.importlinter])
-	$(BIN)/ruff check gemfilter_rag integrations tests benchmarks examples docs/hooks.py conftest.py
-	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples docs/hooks.py conftest.py
+	$(BIN)/ruff check gemfilter_rag integrations tests benchmarks examples docs/hooks.py conftest.py scripts
+	$(BIN)/ruff format --check gemfilter_rag integrations tests benchmarks examples docs/hooks.py conftest.py scripts
 	$(BIN)/mypy gemfilter_rag
 	$(BIN)/lint-imports
 
@@ -71,6 +71,15 @@ bench-speed: $(STAMP)  ## filter pass vs full prefill, and end-to-end generation
 
 bench-serve: $(STAMP)  ## the service under 1-64 concurrent clients, batching vs none, load shedding, faults (~15 min)
 	$(BIN)/python -m benchmarks.serve
+
+wheels: check-wheels
+
+check-wheels: $(STAMP)  ## sdist + wheel of every package, twine check, a fresh venv from the wheels, a smoke test outside the checkout
+	$(BIN)/python scripts/check_wheels.py --torch-spec "$(TORCH_SPEC)"
+
+bump: $(STAMP)  ## one version for every package and the requirements between them: make bump VERSION=0.2.0
+	@test -n "$(VERSION)" || { echo "usage: make bump VERSION=X.Y.Z" >&2; exit 2; }
+	$(BIN)/python scripts/versions.py bump "$(VERSION)"
 
 calibrate: $(STAMP)  ## measure the best filter layer of the default model
 	$(BIN)/gemfilter calibrate --budget 256
