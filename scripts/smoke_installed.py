@@ -118,13 +118,16 @@ def haystack(compressor, checkout: Path) -> None:  # noqa: ANN001
         for name in getattr(module, "__all__", []):
             cls = getattr(module, name)
             run = getattr(cls, "run", None)
-            if not inspect.isclass(cls) or run is None or "compressor" not in inspect.signature(cls).parameters:
+            if not inspect.isclass(cls) or run is None:
+                continue
+            init = inspect.signature(cls.__init__).parameters  # Haystack's component metaclass hides cls's own
+            if "compressor" not in init:
                 continue
             params = inspect.signature(run).parameters
             query_arg = next((q for q in ("query", "question") if q in params), None)
             if "documents" not in params or query_arg is None:
                 continue
-            budget = {"top_k": BUDGET} if "top_k" in inspect.signature(cls).parameters else {}
+            budget = {"top_k": BUDGET} if "top_k" in init else {}
             component = cls(compressor=compressor, **budget)
             if hasattr(component, "warm_up"):
                 component.warm_up()
