@@ -3,9 +3,10 @@
 The rerank endpoints of ``gemfilter serve`` answer with the same filter pass as ``/v1/compress``; these
 functions turn its result into one relevance per document and an order. Three measures:
 
-- ``"best_unit"`` (the default): the value of the document's best unit (``DocumentResult.best_unit_score``),
+- ``"best_unit"``: the value of the document's best unit (``DocumentResult.best_unit_score``),
   divided by the best document's, so the top document scores 1 and every score lies in [0, 1];
-- ``"kept_mass"``: the summed token scores of the document's kept tokens at the request's budget,
+- ``"kept_mass"`` (the default, best of the three in ``benchmarks.rerank``): the summed token scores of
+  the document's kept tokens at the request's budget,
   divided by the largest (documents that kept nothing score 0);
 - ``"score_share"``: the document's share of the whole context's score (``DocumentResult.score_share``).
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from .result import CompressionResult
 
 MEASURES = ("best_unit", "kept_mass", "score_share")
-DEFAULT_MEASURE = "best_unit"
+DEFAULT_MEASURE = "kept_mass"
 
 
 def relevance(result: CompressionResult, measure: str = DEFAULT_MEASURE) -> list[float]:
@@ -29,18 +30,28 @@ def relevance(result: CompressionResult, measure: str = DEFAULT_MEASURE) -> list
     A result without a filter pass (``filter_layer`` None: the budget held the whole context) carries
     no evidence, so every document gets 1.0 and the order stays the input order.
     """
+    if result.filter_layer is None:
+        check_measure(measure)
+        return [1.0] * len(result.documents)
+    return _normalise(raw_scores(result, measure))
+
+
+def raw_scores(result: CompressionResult, measure: str = DEFAULT_MEASURE) -> list[float]:
+    """The measure's values before scaling (what ``relevance`` divides by the largest), in input order."""
+    check_measure(measure)
+    docs = result.documents
+    if measure == "best_unit":
+        return [d.best_unit_score for d in docs]
+    if measure == "score_share":
+        return [d.score_share for d in docs]
+    return kept_mass(result)
+
+
+def check_measure(measure: str) -> str:
+    """``measure`` if it is one of ``MEASURES``, else a ValueError naming it."""
     if measure not in MEASURES:
         raise ValueError(f"measure: {measure!r} is not valid; use one of {', '.join(MEASURES)}.")
-    docs = result.documents
-    if result.filter_layer is None:
-        return [1.0] * len(docs)
-    if measure == "best_unit":
-        raw = [d.best_unit_score for d in docs]
-    elif measure == "score_share":
-        raw = [d.score_share for d in docs]
-    else:
-        raw = kept_mass(result)
-    return _normalise(raw)
+    return measure
 
 
 def kept_mass(result: CompressionResult) -> list[float]:
