@@ -9,6 +9,8 @@ import torch
 from .config import GemFilterConfig
 from .prompt import FilterPrompt
 from .result import CompressionResult, DocumentResult
+from .selection import MAX_SENTENCE_TOKENS, unit_scores
+from .units import prompt_units
 
 
 def assemble(
@@ -28,6 +30,7 @@ def assemble(
     kept = keep.tolist()
     shifted = scores - scores.min() if scores.numel() else scores
     total = float(shifted.sum()) if scores.numel() else 0.0
+    units = prompt_units(prompt, cfg.granularity, MAX_SENTENCE_TOKENS).per_document
     out: list[DocumentResult] = []
     pos = 0
     start = 0
@@ -38,6 +41,7 @@ def assemble(
             mine.append(kept[pos] - start)
             pos += 1
         spans = merge_spans([(doc.starts[t], doc.ends[t]) for t in mine])
+        best = unit_scores(scores, units[i]).max().item() if units[i] else 0.0
         share = float(shifted[start:end].sum()) / total if total > 0 else (len(doc.ids) / max(1, prompt.context_tokens))
         out.append(
             DocumentResult(
@@ -47,6 +51,7 @@ def assemble(
                 kept_tokens=len(mine),
                 original_tokens=len(doc.ids),
                 score_share=share if math.isfinite(share) else 0.0,
+                best_unit_score=best if math.isfinite(best) else 0.0,
             )
         )
         start = end

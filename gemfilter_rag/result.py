@@ -30,6 +30,10 @@ class DocumentResult:
     score_share: float
     """This document's share of the context's total score (0..1): how much the filter layer
     attended to it."""
+    best_unit_score: float = 0.0
+    """The score of the document's best unit (sentence pieces of at most 64 tokens, tokens or the
+    whole document, per ``granularity``): its summed token scores; with the readout, exp(logit - the
+    context's best logit), in (0, 1]. 0 for an empty document. A rerank orders documents by it."""
 
     @property
     def kept(self) -> bool:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
 from ..compressor import GemFilterCompressor
+from . import rerank
 from .schema import CompressRequest, ErrorResponse, HealthResponse, response_model
 from .service import CompressionService
 from .settings import ServeSettings
@@ -25,7 +26,8 @@ answers 429 with Retry-After; every error names the field at fault and the fix."
 
 
 def create_app(compressor: GemFilterCompressor, settings: ServeSettings | None = None) -> FastAPI:
-    """The ASGI app: ``POST /v1/compress``, ``GET /health``, ``GET /metrics``, OpenAPI at ``/openapi.json``.
+    """The ASGI app: ``POST /v1/compress``, the rerank routes (Cohere's ``/v1/rerank`` and ``/v2/rerank``,
+    TEI's ``/rerank``), ``GET /health``, ``GET /metrics``, OpenAPI at ``/openapi.json``.
 
     ``app.state.service`` is the ``CompressionService`` (batcher, metrics, drain). Its batcher starts
     with the first request and stops in the app's lifespan shutdown, after the requests it holds.
@@ -67,6 +69,45 @@ def create_app(compressor: GemFilterCompressor, settings: ServeSettings | None =
         """``GemFilterCompressor.compress(documents, query, top_k=..., document_scores=...)`` with
         ``options`` applied; the answer is ``CompressionResult.to_dict()``."""
         return await service.handle(request)
+
+    def body(model: type[Any]) -> dict[str, Any]:
+        return {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
+        }
+
+    @app.post(
+        "/v1/rerank",
+        response_model=rerank.CohereRerankResponse,
+        responses=errors,
+        summary="Rerank documents for a query (Cohere v1 shape)",
+        openapi_extra=body(rerank.CohereV1RerankRequest),
+    )
+    async def rerank_v1(request: Request) -> Response:
+        """Cohere's ``/v1/rerank``: the same filter pass as ``/v1/compress``; relevance of each document's
+        best sentence, best first. Point ``cohere.Client(base_url=...)`` here."""
+        return await service.handle(request, rerank.COHERE_V1)
+
+    @app.post(
+        "/v2/rerank",
+        response_model=rerank.CohereRerankResponse,
+        responses=errors,
+        summary="Rerank documents for a query (Cohere v2 shape)",
+        openapi_extra=body(rerank.CohereV2RerankRequest),
+    )
+    async def rerank_v2(request: Request) -> Response:
+        """Cohere's ``/v2/rerank`` (``cohere.ClientV2``, LlamaIndex's ``CohereRerank``)."""
+        return await service.handle(request, rerank.COHERE_V2)
+
+    @app.post(
+        "/rerank",
+        response_model=list[rerank.TEIRank],
+        responses=errors,
+        summary="Rerank texts for a query (text-embeddings-inference shape)",
+        openapi_extra=body(rerank.TEIRerankRequest),
+    )
+    async def rerank_tei(request: Request) -> Response:
+        """text-embeddings-inference's ``/rerank``: a list of ``{index, score}``, best first."""
+        return await service.handle(request, rerank.TEI)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health() -> JSONResponse:

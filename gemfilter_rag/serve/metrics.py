@@ -16,19 +16,23 @@ ERROR_KINDS = (
     "internal",
 )
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+ROUTES = ("/v1/compress", "/v1/rerank", "/v2/rerank", "/rerank")
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
 
 class ServeMetrics:
-    """Requests, errors by kind, batch sizes, queue wait and compute seconds, tokens in and out, queue depth."""
+    """Requests and errors by route, batch sizes, queue wait and compute seconds, tokens in and out, queue depth."""
 
     def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("gemfilter_requests", "Requests to /v1/compress by HTTP status", ["status"], registry=r)
-        self.errors = Counter("gemfilter_errors", "Failed requests by kind", ["kind"], registry=r)
-        for kind in ERROR_KINDS:
-            self.errors.labels(kind)
+        self.requests = Counter(
+            "gemfilter_requests", "Requests by route and HTTP status", ["route", "status"], registry=r
+        )
+        self.errors = Counter("gemfilter_errors", "Failed requests by route and kind", ["route", "kind"], registry=r)
+        for route in ROUTES:
+            for kind in ERROR_KINDS:
+                self.errors.labels(route, kind)
         self.batch_size = Histogram(
             "gemfilter_batch_size", "Requests per batched model pass", buckets=BATCH_BUCKETS, registry=r
         )
@@ -43,7 +47,8 @@ class ServeMetrics:
         )
         self.latency = Histogram(
             "gemfilter_request_seconds",
-            "Seconds from a request's arrival to its answer (200 only)",
+            "Seconds from a request's arrival to its answer, by route (200 only)",
+            ["route"],
             buckets=SECONDS_BUCKETS,
             registry=r,
         )

@@ -155,8 +155,9 @@ class HealthResponse(BaseModel):
     max_batch: int
 
 
-def validation_message(error: Any) -> tuple[str, str | None, str]:
-    """(message, field, exception type) of one pydantic error of ``CompressRequest``."""
+def validation_message(error: Any, model: type[BaseModel] | None = None) -> tuple[str, str | None, str]:
+    """(message, field, exception type) of one pydantic error of ``model`` (default ``CompressRequest``)."""
+    model = model or CompressRequest
     loc = ".".join(str(p) for p in error.get("loc", ()))
     ctx = error.get("ctx") or {}
     if error.get("type") == "library_error":
@@ -165,17 +166,19 @@ def validation_message(error: Any) -> tuple[str, str | None, str]:
     name = loc or "body"
     kind = error.get("type")
     if kind == "missing":
-        field = CompressRequest.model_fields.get(name)
+        field = model.model_fields.get(name)
         hint = f" ({field.description})" if field is not None and field.description else ""
         return f"{name}: is required; pass it{hint}.", name, "TypeError"
     if kind == "extra_forbidden":
-        valid = ", ".join(CompressRequest.model_fields)
+        valid = ", ".join(model.model_fields)
         return f"{name}: is not a field of the request; valid fields: {valid}.", name, "TypeError"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         got = _json_type(error.get("input"))
+        required = [n for n, f in model.model_fields.items() if f.is_required()]
+        example = ", ".join(f'"{n}": ...' for n in required)
         return (
-            f"body: expected a JSON object with 'documents' and 'query', got {got}; send e.g. "
-            '{"documents": ["..."], "query": "..."}.',
+            f"body: expected a JSON object with {' and '.join(repr(n) for n in required)}, got {got}; send e.g. "
+            f"{{{example}}}.",
             "body",
             "TypeError",
         )

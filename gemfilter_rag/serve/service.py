@@ -1,5 +1,6 @@
 """What ``POST /v1/compress`` does: read within limits, validate, batch, answer; and the graceful drain.
 
+Every route (``endpoint.Endpoint``: ``/v1/compress`` and the rerank shapes of ``rerank``) goes the same way.
 A request goes through: the door (503 while draining), the body read (413 past ``max_request_bytes``),
 JSON and the library's checks (422), the documents limit (413), its options (a sibling compressor
 sharing the model; 422 for a bad option), a cheap queue check (429), tokenization in a thread and the
@@ -20,59 +21,22 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ..compressor import GemFilterCompressor
 from ..pipeline import build_prompts, compress_prompts
 from ..prompt import FilterPrompt
+from ..rerank import rerank_budget
 from ..result import CompressionResult
 from .batcher import Batcher, BatchStats, ClosedError, QueueFullError
+from .endpoint import Call, Endpoint, ServiceError, cut_documents, fit_cap, validate
 from .metrics import ServeMetrics
-from .schema import CompressRequest, field_of, validation_message
+from .schema import CompressRequest, field_of
 from .settings import ServeSettings
 
 log = logging.getLogger("gemfilter_rag.serve")
 MAX_SIBLINGS = 64
-
-
-class ServiceError(Exception):
-    """An answer other than 200: status, error kind and a message that names the field and the fix."""
-
-    def __init__(
-        self,
-        status: int,
-        kind: str,
-        message: str,
-        *,
-        field: str | None = None,
-        exception: str | None = None,
-        limit: int | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-        self.field = field
-        self.exception = exception
-        self.limit = limit
-        self.retry_after = retry_after
-
-    def response(self) -> JSONResponse:
-        """The JSON answer (``ErrorResponse``), with Retry-After when the client should come back."""
-        body = {
-            "error": {
-                "kind": self.kind,
-                "message": self.message,
-                "field": self.field,
-                "exception": self.exception,
-                "limit": self.limit,
-            }
-        }
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 @dataclass
@@ -85,7 +49,24 @@ class _Item:
     top_k: int | None
     scores: list[float] | None
     tokenize_s: float
+    truncated: list[int]
     submitted: float = 0.0
+
+
+class CompressEndpoint(Endpoint):
+    """``POST /v1/compress``: ``CompressRequest`` in, ``CompressionResult.to_dict()`` out."""
+
+    route = "/v1/compress"
+
+    def parse(self, data: Any) -> tuple[Call, Any]:
+        req = validate(CompressRequest, data)
+        return Call(req.documents, req.query, req.top_k, req.document_scores, req.options), None
+
+    def respond(self, state: Any, result: CompressionResult, truncated: list[int]) -> Any:
+        return result_json(result)
+
+
+COMPRESS = CompressEndpoint()
 
 
 class CompressionService:
@@ -109,57 +90,62 @@ class CompressionService:
 
     # ------------------------------------------------------------------ requests
 
-    async def handle(self, request: Request) -> Response:
-        """Answer one ``POST /v1/compress``."""
+    async def handle(self, request: Request, endpoint: Endpoint = COMPRESS) -> Response:
+        """Answer one request of ``endpoint``'s route (default ``POST /v1/compress``)."""
         started = time.monotonic()
+        route = endpoint.route
         if self.draining:
-            return self._fail(ServiceError(503, "shutting_down", _DRAINING, retry_after=1))
+            return self._fail(endpoint, ServiceError(503, "shutting_down", _DRAINING, retry_after=1))
         self.in_flight += 1
         try:
-            result = await self._compress(request)
+            done = await self._compress(request, endpoint)
         except ServiceError as err:
-            return self._fail(err)
+            return self._fail(endpoint, err)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # nothing a client sends may take the worker down
-            log.exception("internal error in /v1/compress")
+            log.exception("internal error in %s", route)
             return self._fail(
-                ServiceError(500, "internal", f"internal: {type(err).__name__}: {err}; the server keeps running.")
+                endpoint,
+                ServiceError(500, "internal", f"internal: {type(err).__name__}: {err}; the server keeps running."),
             )
         finally:
             self.in_flight -= 1
             if self.in_flight == 0 and self._idle is not None:
                 self._idle.set()
-        if result is None:  # the client went away
-            self.metrics.errors.labels("client_disconnected").inc()
-            self.metrics.requests.labels("499").inc()
+        if done is None:  # the client went away
+            self.metrics.errors.labels(route, "client_disconnected").inc()
+            self.metrics.requests.labels(route, "499").inc()
             return Response(status_code=499)
-        self.metrics.requests.labels("200").inc()
-        self.metrics.latency.observe(time.monotonic() - started)
+        state, item, result = done
+        answer = endpoint.respond(state, result, item.truncated)
+        self.metrics.requests.labels(route, "200").inc()
+        self.metrics.latency.labels(route).observe(time.monotonic() - started)
         self.metrics.tokens_in.inc(result.original_tokens)
         self.metrics.tokens_out.inc(result.compressed_tokens)
-        return JSONResponse(result_json(result))
+        return JSONResponse(answer)
 
-    async def _compress(self, request: Request) -> CompressionResult | None:
+    async def _compress(self, request: Request, endpoint: Endpoint) -> tuple[Any, _Item, CompressionResult] | None:
         try:
             body = await self._read_body(request)
         except ClientDisconnect:  # the client went away while sending
             return None
-        req = _parse(body)
-        if len(req.documents) > self.settings.max_documents:
+        call, state = endpoint.parse(_json(body))
+        if len(call.documents) > self.settings.max_documents:
             raise ServiceError(
                 413,
                 "too_large",
-                f"documents: {len(req.documents)} documents exceed this server's limit of "
+                f"documents: {len(call.documents)} documents exceed this server's limit of "
                 f"{self.settings.max_documents} (--max-documents); send fewer, or split the request.",
                 field="documents",
                 exception="ValueError",
                 limit=self.settings.max_documents,
             )
-        key, compressor = self._sibling(req.options)
+        key, compressor = self._sibling(call.options)
         self._check_room()
-        item = await asyncio.to_thread(self._admit, compressor, req)
-        return await self._submit(request, key, item)
+        item = await asyncio.to_thread(self._admit, compressor, call)
+        result = await self._submit(request, key, item)
+        return None if result is None else (state, item, result)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_bytes
@@ -201,14 +187,21 @@ class CompressionService:
         except ClosedError:
             raise ServiceError(503, "shutting_down", _DRAINING, retry_after=1) from None
 
-    def _admit(self, compressor: GemFilterCompressor, req: CompressRequest) -> _Item:
-        """Tokenize (in a worker thread) and check the context-token limit."""
+    def _admit(self, compressor: GemFilterCompressor, call: Call) -> _Item:
+        """Tokenize (in a worker thread), cut documents as the call asks, and check the context-token limit."""
         t0 = time.perf_counter()
+        truncated: list[int] = []
         try:
-            (prompt,) = build_prompts(compressor.plan, [(req.documents, req.query)])
+            (prompt,) = build_prompts(compressor.plan, [(call.documents, call.query)])
+            if call.max_tokens_per_doc is not None:
+                prompt, truncated = _cut(compressor, prompt, call, call.max_tokens_per_doc, "right")
+            limit = self.settings.max_context_tokens
+            if prompt.context_tokens > limit and call.truncate is not None:
+                cap = fit_cap([len(d.ids) for d in prompt.documents], limit)
+                prompt, more = _cut(compressor, prompt, call, cap, call.truncate)
+                truncated = sorted(set(truncated) | set(more))
         except (TypeError, ValueError) as err:
             raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
-        limit = self.settings.max_context_tokens
         if prompt.context_tokens > limit:
             raise ServiceError(
                 413,
@@ -219,7 +212,8 @@ class CompressionService:
                 exception="ValueError",
                 limit=limit,
             )
-        return _Item(compressor, prompt, req.query, req.top_k, req.document_scores, time.perf_counter() - t0)
+        top_k = rerank_budget(prompt.context_tokens, compressor.config.top_k) if call.rerank else call.top_k
+        return _Item(compressor, prompt, call.query, top_k, call.document_scores, time.perf_counter() - t0, truncated)
 
     async def _submit(self, request: Request, key: str, item: _Item) -> CompressionResult | None:
         item.submitted = time.monotonic()
@@ -266,10 +260,10 @@ class CompressionService:
         for wait in stats.queue_waits:
             self.metrics.queue_wait.observe(wait)
 
-    def _fail(self, err: ServiceError) -> JSONResponse:
-        self.metrics.requests.labels(str(err.status)).inc()
-        self.metrics.errors.labels(err.kind).inc()
-        return err.response()
+    def _fail(self, endpoint: Endpoint, err: ServiceError) -> JSONResponse:
+        self.metrics.requests.labels(endpoint.route, str(err.status)).inc()
+        self.metrics.errors.labels(endpoint.route, err.kind).inc()
+        return endpoint.error(err)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -318,9 +312,9 @@ def result_json(result: CompressionResult) -> dict[str, Any]:
     return data
 
 
-def _parse(body: bytes) -> CompressRequest:
+def _json(body: bytes) -> Any:
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
         raise ServiceError(
@@ -331,11 +325,17 @@ def _parse(body: bytes) -> CompressRequest:
             field="body",
             exception="ValueError",
         ) from None
-    try:
-        return CompressRequest.model_validate(data)
-    except ValidationError as err:
-        message, field, exception = validation_message(err.errors()[0])
-        raise ServiceError(422, "validation", message, field=field, exception=exception) from None
+
+
+def _cut(
+    compressor: GemFilterCompressor, prompt: FilterPrompt, call: Call, cap: int, direction: str
+) -> tuple[FilterPrompt, list[int]]:
+    """The prompt with every document cut to ``cap`` tokens (and the indices cut); the same prompt if none is."""
+    texts, cut = cut_documents(prompt, cap, direction)
+    if not cut:
+        return prompt, []
+    (prompt,) = build_prompts(compressor.plan, [(texts, call.query)])
+    return prompt, cut
 
 
 def _too_large_body(size: int, limit: int) -> ServiceError:
