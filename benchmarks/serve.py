@@ -430,7 +430,7 @@ def fault_run(model: str | None, bodies: list[dict[str, Any]], expected: list[An
         "background_ok": sum(s.status == 200 for s in background),
         **{f"background_{k}": v for k, v in check(background, expected).items()},
         "disconnecting_clients": 3,
-        "disconnects_seen": after["gemfilter_errors_total{kind=client_disconnected}"],
+        "disconnects_seen": after["gemfilter_errors_total{kind=client_disconnected,route=/v1/compress}"],
         "max_size_context_tokens": big_expected.original_tokens,
         "max_size_limit": limit,
         "max_size_ok_and_correct": big_ok,

@@ -143,7 +143,15 @@ def test_429_is_retried_after_retry_after(comp: GemFilterCompressor) -> None:
             started = time.monotonic()
             retried = pool.submit(RemoteGemFilterCompressor(live.url, max_retries=5).compress, DOCS, QUERY, top_k=10)
             wait_until(
-                lambda: (registry.get_sample_value("gemfilter_errors_total", {"kind": "queue_full"}) or 0) >= 1,
+                lambda: (
+                    (
+                        registry.get_sample_value(
+                            "gemfilter_errors_total", {"kind": "queue_full", "route": "/v1/compress"}
+                        )
+                        or 0
+                    )
+                    >= 1
+                ),
                 what="a 429",
             )
             gate.open.set()  # room again: the client's retry (after Retry-After: 1) gets through

@@ -185,8 +185,8 @@ def test_limits_answer_413_naming_the_field_and_the_limit(comp: GemFilterCompres
         assert (error["kind"], error["field"], error["limit"]) == ("too_large", field, limit)
         assert str(limit) in error["message"] and "--max-" in error["message"]
     assert at_limits.status_code == 200
-    assert counts["gemfilter_errors_total{kind=too_large}"] == 3
-    assert counts["gemfilter_requests_total{status=413}"] == 3
+    assert counts["gemfilter_errors_total{kind=too_large,route=/v1/compress}"] == 3
+    assert counts["gemfilter_requests_total{route=/v1/compress,status=413}"] == 3
 
 
 def test_a_chunked_body_past_the_limit_is_cut_off(comp: GemFilterCompressor) -> None:
@@ -210,11 +210,11 @@ def test_metrics_count_what_happened(client: TestClient, comp: GemFilterCompress
     assert [r.status_code for r in ok] == [200] * 3 and [r.status_code for r in bad] == [422] * 2
     assert junk.status_code == 422
     m = metrics(client)
-    assert m["gemfilter_requests_total{status=200}"] == 3
-    assert m["gemfilter_requests_total{status=422}"] == 3
-    assert m["gemfilter_errors_total{kind=validation}"] == 2
-    assert m["gemfilter_errors_total{kind=bad_json}"] == 1
-    assert m["gemfilter_errors_total{kind=queue_full}"] == 0
+    assert m["gemfilter_requests_total{route=/v1/compress,status=200}"] == 3
+    assert m["gemfilter_requests_total{route=/v1/compress,status=422}"] == 3
+    assert m["gemfilter_errors_total{kind=validation,route=/v1/compress}"] == 2
+    assert m["gemfilter_errors_total{kind=bad_json,route=/v1/compress}"] == 1
+    assert m["gemfilter_errors_total{kind=queue_full,route=/v1/compress}"] == 0
     assert m["gemfilter_batch_size_count"] == 3 and m["gemfilter_batch_size_sum"] == 3
     assert m["gemfilter_queue_wait_seconds_count"] == 3 and m["gemfilter_compute_seconds_count"] == 3
     results = [r.json() for r in ok]

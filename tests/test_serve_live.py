@@ -102,7 +102,7 @@ def test_concurrent_requests_are_batched_and_equal_one_by_one_calls(comp: GemFil
     assert (m["gemfilter_batch_size_count"], m["gemfilter_batch_size_sum"]) == (3, 9)
     assert (m["gemfilter_batch_size_bucket{le=1.0}"], m["gemfilter_batch_size_bucket{le=2.0}"]) == (1, 2)
     assert m["gemfilter_batch_size_bucket{le=6.0}"] == 3
-    assert m["gemfilter_requests_total{status=200}"] == 9
+    assert m["gemfilter_requests_total{route=/v1/compress,status=200}"] == 9
 
 
 def test_a_full_queue_answers_429_at_once_and_accepted_requests_complete(comp: GemFilterCompressor) -> None:
@@ -126,7 +126,10 @@ def test_a_full_queue_answers_429_at_once_and_accepted_requests_complete(comp: G
     for i, response in enumerate(accepted):
         assert response.status_code == 200
         assert same_result(CompressionResult.from_dict(response.json()), local(comp, request(i)))
-    assert m["gemfilter_errors_total{kind=queue_full}"] == 1 and m["gemfilter_requests_total{status=429}"] == 1
+    assert (
+        m["gemfilter_errors_total{kind=queue_full,route=/v1/compress}"] == 1
+        and m["gemfilter_requests_total{route=/v1/compress,status=429}"] == 1
+    )
 
 
 def test_graceful_shutdown_finishes_in_flight_requests_and_answers_new_ones_503(comp: GemFilterCompressor) -> None:
@@ -172,7 +175,7 @@ def test_a_client_that_disconnects_while_queued_leaves_the_queue(comp: GemFilter
     for i, response in zip((0, 2), results, strict=True):
         assert response.status_code == 200
         assert same_result(CompressionResult.from_dict(response.json()), local(comp, request(i)))
-    assert m["gemfilter_errors_total{kind=client_disconnected}"] == 1
+    assert m["gemfilter_errors_total{kind=client_disconnected,route=/v1/compress}"] == 1
     assert m["gemfilter_batch_size_count"] == 2, "the abandoned request must not run"
 
 
@@ -184,11 +187,12 @@ def test_a_client_that_disconnects_while_sending_is_no_server_error(comp: GemFil
                 b"POST /v1/compress HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b'{"documents": ["a", '
             )
         wait_until(
-            lambda: metrics(live.url)["gemfilter_errors_total{kind=client_disconnected}"] == 1, what="the disconnect"
+            lambda: metrics(live.url)["gemfilter_errors_total{kind=client_disconnected,route=/v1/compress}"] == 1,
+            what="the disconnect",
         )
         after = post(live.url, request(0))
         m = metrics(live.url)
-    assert m["gemfilter_errors_total{kind=internal}"] == 0
+    assert m["gemfilter_errors_total{kind=internal,route=/v1/compress}"] == 0
     assert after.status_code == 200
 
 
@@ -250,4 +254,7 @@ def test_a_burst_of_malformed_requests_does_not_disturb_good_ones(comp: GemFilte
         assert response.status_code == 200
         assert same_result(CompressionResult.from_dict(response.json()), local(comp, request(i)))
     assert health["status"] == "ok" and health["in_flight"] == 0 and health["queue_depth"] == 0
-    assert m["gemfilter_requests_total{status=422}"] == 48 and m["gemfilter_requests_total{status=200}"] == 8
+    assert (
+        m["gemfilter_requests_total{route=/v1/compress,status=422}"] == 48
+        and m["gemfilter_requests_total{route=/v1/compress,status=200}"] == 8
+    )

@@ -69,14 +69,18 @@ def wait_until(condition: Any, timeout: float = 30.0, what: str = "condition") -
 
 
 def same_result(a: CompressionResult, b: CompressionResult, rel: float = 1e-4) -> bool:
-    """Whether two results are equal but for timings, with ``score_share`` equal within ``rel``."""
+    """Whether two results are equal but for timings, with the documents' scores (``score_share``,
+    ``best_unit_score``: floats of the pass, which padding in a batch moves by rounding) equal within ``rel``."""
 
     def exact(r: CompressionResult) -> CompressionResult:
-        docs = [dataclasses.replace(d, score_share=0.0) for d in r.documents]
+        docs = [dataclasses.replace(d, score_share=0.0, best_unit_score=0.0) for d in r.documents]
         return dataclasses.replace(r, timings={}, documents=docs)
 
-    shares = zip((d.score_share for d in a.documents), (d.score_share for d in b.documents), strict=False)
-    return exact(a) == exact(b) and all(math.isclose(x, y, rel_tol=rel, abs_tol=1e-9) for x, y in shares)
+    def scores(r: CompressionResult) -> list[float]:
+        return [x for d in r.documents for x in (d.score_share, d.best_unit_score)]
+
+    pairs = zip(scores(a), scores(b), strict=False)
+    return exact(a) == exact(b) and all(math.isclose(x, y, rel_tol=rel, abs_tol=1e-9) for x, y in pairs)
 
 
 def without_timings(result: CompressionResult) -> CompressionResult:
