@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from .config import GemFilterConfig
 from .prompt import FilterPrompt
 from .result import CompressionResult, DocumentResult
-from .selection import MAX_SENTENCE_TOKENS, unit_scores
+from .selection import MAX_SENTENCE_TOKENS, Unit, unit_scores
 from .units import prompt_units
 
 
@@ -21,16 +22,19 @@ def assemble(
     layer: int | None,
     cfg: GemFilterConfig,
     timings: dict[str, float],
+    units: Sequence[Sequence[Unit]] | None = None,
 ) -> CompressionResult:
     """The ``CompressionResult`` of keeping the context tokens ``keep`` (ascending) of ``prompt``.
 
     scores: (N,) one score per context token (for score shares and the explain view); ``layer`` is
-    None when no filter pass ran.
+    None when no filter pass ran. ``units``: per document, the units the selection used (for each
+    document's ``best_unit_score``); None cuts them again at ``cfg.granularity``.
     """
     kept = keep.tolist()
     shifted = scores - scores.min() if scores.numel() else scores
     total = float(shifted.sum()) if scores.numel() else 0.0
-    units = prompt_units(prompt, cfg.granularity, MAX_SENTENCE_TOKENS).per_document
+    if units is None:
+        units = prompt_units(prompt, cfg.granularity, MAX_SENTENCE_TOKENS).per_document
     out: list[DocumentResult] = []
     pos = 0
     start = 0

@@ -244,7 +244,9 @@ def compress_prompts(
             layer = plan.scorer.layer
         chosen = time.perf_counter() - t0
         timings = {"tokenize": 0.0, "filter": filter_time[i], "select": chosen, "total": filter_time[i] + chosen}
-        results.append(assemble(prompts[i], queries[i], keep, tokens, layer, plan.config, timings))
+        results.append(
+            assemble(prompts[i], queries[i], keep, tokens, layer, plan.config, timings, units[i].per_document)
+        )
     return results
 
 
