@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .scoring import row_attention
+from .scoring import row_attention, token_similarity
 
 _PREFIX = "gemfilter+"
 
@@ -289,6 +289,9 @@ class PassRecord:
     scaling: float
     sliding_window: int | None
     attention: torch.Tensor | None  # (L, H, T): the rows' mean attention at layers 0..exit (None: not recorded)
+    similarity: torch.Tensor | None = (
+        None  # (L, T): each token's hidden state against the rows', at the input of layers 0..exit
+    )
 
 
 @contextmanager
@@ -298,19 +301,30 @@ def recording(
     rows: Sequence[torch.Tensor],
     lengths: Sequence[int],
     attention: bool,
+    hidden: bool = False,
 ) -> Iterator[list[PassRecord]]:
     """Arm one pass of ``model``: the forward run inside the block stops in layer ``exit_layer``.
 
     ``rows[i]`` (Q_i,) are the scoring positions of batch item ``i`` and ``lengths[i]`` its real length
     (right padding is sliced off). The yielded list is filled when the block ends: one ``PassRecord``
     per item, with the rows' attention at every layer ``0..exit_layer`` when ``attention`` is set
-    (reduced per layer as the pass goes: (H, T) per item, never T x T). The model is left as it was,
-    whatever happens inside the block.
+    (reduced per layer as the pass goes: (H, T) per item, never T x T). With ``hidden`` the hidden state
+    entering each layer ``0..exit_layer`` is reduced, as it goes, to every token's similarity with the
+    rows' (``scoring.token_similarity``, (T,) per item and layer): the filter model's own embedding of
+    the question, at no extra cost. The model is left as it was, whatever happens inside the block.
     """
     layers = decoder_layers(model)
     if not 0 <= exit_layer < len(layers):
         raise ValueError(f"filter_layer: {exit_layer} is outside this model's layers; use 0..{len(layers) - 1}.")
     stacks: list[list[torch.Tensor]] = [[] for _ in rows]
+    sims: list[list[torch.Tensor]] = [[] for _ in rows]
+
+    def on_hidden(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        states = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(states, torch.Tensor):
+            raise RuntimeError(f"model: {type(model).__name__}'s decoder layers take no hidden_states tensor.")
+        for i, r in enumerate(rows):
+            sims[i].append(token_similarity(states[i, : lengths[i]].detach().float(), r))  # (T_i,)
 
     def observe(layer: int, cap: LayerCapture) -> None:
         for i, r in enumerate(rows):
@@ -323,6 +337,11 @@ def recording(
         frozenset(id(m) for m in layers[exit_layer].modules()), record, observe=observe if attention else None
     )
     out: list[PassRecord] = []
+    hooks = (
+        [layers[i].register_forward_pre_hook(on_hidden, with_kwargs=True) for i in range(exit_layer + 1)]
+        if hidden
+        else []
+    )
     token = _ARMED.set(armed)
     try:
         with _routed(model), torch.inference_mode():
@@ -333,12 +352,15 @@ def recording(
         cap = stop.capture
         for i, r in enumerate(rows):
             att = torch.stack(stacks[i]).cpu() if attention else None  # (L, H, T_i)
+            sim = torch.stack(sims[i]).cpu() if hidden else None  # (L, T_i)
             q = cap.query[i : i + 1, :, r]  # (1, H, Q, D)
             k = cap.key[i : i + 1, :, : lengths[i]]  # (1, KV, T_i, D)
-            out.append(PassRecord(q, k, r, cap.scaling, cap.sliding_window, att))
+            out.append(PassRecord(q, k, r, cap.scaling, cap.sliding_window, att, sim))
         return
     finally:
         _ARMED.reset(token)
+        for h in hooks:
+            h.remove()
     raise RuntimeError(
         f"model: layer {exit_layer} of {type(model).__name__} never called its attention function; "
         "this architecture does not route attention through transformers' AttentionInterface."
@@ -352,8 +374,9 @@ def run_pass(
     rows: Sequence[torch.Tensor],
     lengths: Sequence[int],
     attention: bool,
+    hidden: bool = False,
 ) -> list[PassRecord]:
     """One early-exit pass over right-padded ``input_ids`` (B, T) without a padding mask (see ``recording``)."""
-    with recording(model, exit_layer, rows, lengths, attention) as out:
+    with recording(model, exit_layer, rows, lengths, attention, hidden) as out:
         model(input_ids=input_ids, attention_mask=None, use_cache=False)
     return out

@@ -23,7 +23,17 @@ EPS = 1e-8
 """Added before taking logs of attention (probabilities of one token can be ~1e-7)."""
 
 ATTENTION_BLOCKS = 3
-"""Attention columns per layer and head: the unit's log mass and log mean, and its document's log mass."""
+"""Attention columns per layer and head of the first readouts: the unit's log mass and log mean, and its
+document's log mass (``BLOCKS_V1``)."""
+CHANNEL_BLOCKS = ("mass", "mean", "doc_mass", "max", "doc_best", "prev_mass", "next_mass")
+"""Blocks of C = L * H columns (one per layer and head): the unit's log attention mass, log mean and log
+maximum; its document's log mass and the log mass of the document's best unit; the log mass of the
+unit before and after it in its document (the prompt's lowest value at a document's edge)."""
+LAYER_BLOCKS = ("sim_mean", "sim_max", "sim_doc")
+"""Blocks of L columns (one per layer): the filter model's own hidden-state similarity of the unit's tokens
+to the question's (``scoring.token_similarity``), their mean and maximum, and the mean over its document."""
+BLOCKS_V1 = ("mass", "mean", "doc_mass")
+"""The blocks of readouts trained before the hidden-state and context blocks existed."""
 SHAPE = ("log_length", "position")
 """Extras every readout uses: the unit's length in tokens (log) and the relative position of its middle."""
 RETRIEVER = ("retriever",)
@@ -105,6 +115,141 @@ def shape_features(units: Sequence[Unit], n_context: int) -> torch.Tensor:
     return torch.stack([torch.log(lengths.clamp_min(1.0)), position], dim=1).float()  # (U, 2)
 
 
+def attention_max(attention: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
+    """Log of the largest attention any token of each unit gets, per layer and head.
+
+    attention: (L, H, N). Returns (U, C) float32, columns layer-major as in ``attention_features``.
+    """
+    layers, heads, n = attention.shape
+    per_token = attention.reshape(layers * heads, n).T  # (N, C)
+    return torch.log(segment_max(per_token, units) + EPS).float()  # (U, C)
+
+
+def segment_max(values: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
+    """Maximum of ``values`` (N, C) over the tokens of each unit (every unit non-empty). Returns (U, C)."""
+    if not units:
+        return values.new_zeros((0, values.shape[1]))
+    index = torch.cat([torch.arange(a, b) for a, b in units])  # (sum of lengths,)
+    lengths = torch.tensor([b - a for a, b in units])  # (U,)
+    return torch.segment_reduce(values[index], "max", lengths=lengths, axis=0)  # (U, C)
+
+
+def similarity_features(similarity: torch.Tensor, units: Sequence[Unit]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and maximum hidden-state similarity of each unit's tokens to the question, per layer.
+
+    similarity: (L, N) from ``scoring.token_similarity`` at each layer. Returns ((U, L), (U, L)) float32.
+    """
+    per_token = similarity.T.double()  # (N, L)
+    mean = unit_sums(per_token, units) / unit_lengths(units).clamp_min(1.0)[:, None]  # (U, L)
+    return mean.float(), segment_max(per_token, units).float()
+
+
+def raw_blocks(
+    attention: torch.Tensor, similarity: torch.Tensor | None, units: Sequence[Unit], hidden: bool
+) -> dict[str, torch.Tensor]:
+    """What the readout's blocks are derived from, per unit, before any standardising.
+
+    attention: (L, H, N); similarity: (L, N) (needed when ``hidden``). Returns ``"mass"``, ``"mean"`` and
+    ``"max"`` (U, C), and with ``hidden`` ``"sim_mean"`` and ``"sim_max"`` (U, L). Training caches these
+    for many layers and slices them (``slice_layers``) to try fewer.
+    """
+    both = attention_features(attention, units)  # (U, 2C)
+    channels = both.shape[1] // 2
+    out = {"mass": both[:, :channels], "mean": both[:, channels:], "max": attention_max(attention, units)}
+    if hidden:
+        if similarity is None:
+            raise ValueError("similarity: the readout reads hidden states but the pass did not record them.")
+        out["sim_mean"], out["sim_max"] = similarity_features(similarity, units)
+    return out
+
+
+def slice_layers(raw: dict[str, torch.Tensor], heads: int, layers: int) -> dict[str, torch.Tensor]:
+    """``raw_blocks`` of layers ``0..layers-1`` out of blocks built from more layers."""
+    out = {}
+    for name, x in raw.items():
+        keep = layers * heads if name in CHANNEL_BLOCKS else layers
+        if keep > x.shape[1]:
+            raise ValueError(
+                f"layers: {layers} layers need {keep} columns of {name!r} but the features hold {x.shape[1]}."
+            )
+        out[name] = x[:, :keep]
+    return out
+
+
+def document_best(log_mass: torch.Tensor, unit_docs: torch.Tensor) -> torch.Tensor:
+    """(U, C) log masses -> (U, C): the largest log mass among the units of each unit's document."""
+    out = torch.empty_like(log_mass)
+    for d in unit_docs.unique().tolist():
+        mine = unit_docs == d
+        out[mine] = log_mass[mine].amax(dim=0)
+    return out
+
+
+def neighbours(x: torch.Tensor, unit_docs: torch.Tensor, step: int) -> torch.Tensor:
+    """(U, F) -> (U, F): the row of the unit ``step`` places away (-1: before, +1: after) in the same
+    document; at a document's edge, the column's lowest value over the prompt."""
+    n = x.shape[0]
+    if n == 0:
+        return x.clone()
+    out = x.amin(dim=0, keepdim=True).expand_as(x).clone()  # (U, F)
+    other = torch.arange(n) + step  # (U,)
+    source = other.clamp(0, n - 1)  # (U,)
+    same = (other >= 0) & (other < n) & (unit_docs[source] == unit_docs)  # (U,)
+    out[same] = x[source[same]]
+    return out
+
+
+def document_mean(values: torch.Tensor, units: Sequence[Unit], unit_docs: torch.Tensor) -> torch.Tensor:
+    """(U, F) per-unit means -> (U, F): the token-weighted mean over each unit's document."""
+    weights = unit_lengths(units)[:, None]  # (U, 1)
+    out = torch.empty_like(values)
+    for d in unit_docs.unique().tolist():
+        mine = unit_docs == d
+        w = weights[mine]
+        out[mine] = ((values[mine].double() * w).sum(0) / w.sum().clamp_min(1.0)).to(values.dtype)
+    return out
+
+
+def derived_block(
+    name: str, raw: dict[str, torch.Tensor], units: Sequence[Unit], unit_docs: torch.Tensor
+) -> torch.Tensor:
+    """One named block (``CHANNEL_BLOCKS`` or ``LAYER_BLOCKS``) from ``raw_blocks``, unstandardised."""
+    if name in raw:
+        return raw[name]
+    if name == "doc_mass":
+        both = torch.cat([raw["mass"], raw["mean"]], dim=1)
+        return document_mass(both, unit_docs)
+    if name == "doc_best":
+        return document_best(raw["mass"], unit_docs)
+    if name in ("prev_mass", "next_mass"):
+        return neighbours(raw["mass"], unit_docs, -1 if name == "prev_mass" else 1)
+    if name == "sim_doc":
+        return document_mean(raw["sim_mean"], units, unit_docs)
+    raise ValueError(f"blocks: unknown block {name!r}; use names from {CHANNEL_BLOCKS + LAYER_BLOCKS}.")
+
+
+def block_features(
+    raw: dict[str, torch.Tensor],
+    blocks: Sequence[str],
+    units: Sequence[Unit],
+    n_context: int,
+    unit_docs: torch.Tensor,
+    retriever: torch.Tensor | None = None,
+    sim_unit: torch.Tensor | None = None,
+    sim_doc: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """The readout's input: every block of ``blocks`` standardised within the prompt, in order, then the
+    extras as in ``combine``. ``BLOCKS_V1`` gives exactly ``combine``'s columns."""
+    cols = [standardise(derived_block(b, raw, units, unit_docs).float()) for b in blocks]
+    extra, names = extra_columns(units, n_context, unit_docs, retriever, sim_unit, sim_doc)
+    return torch.cat([*cols, extra], dim=1), names
+
+
+def block_columns(blocks: Sequence[str], layers: int, heads: int) -> int:
+    """How many columns ``blocks`` take at ``layers`` layers of ``heads`` heads."""
+    return sum(layers * heads if b in CHANNEL_BLOCKS else layers for b in blocks)
+
+
 def relative_scores(document_scores: Sequence[float]) -> torch.Tensor:
     """Retriever scores relative to the best one, in units of the scores' own size. (D,) float64 in [-2, 0].
 
@@ -124,19 +269,27 @@ def unit_features(
     units: Sequence[Unit],
     unit_docs: torch.Tensor,
     *,
+    similarity: torch.Tensor | None = None,
+    blocks: Sequence[str] = BLOCKS_V1,
     retriever: torch.Tensor | None = None,
     sim_unit: torch.Tensor | None = None,
     sim_doc: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """Every feature of every unit, and the names of the extra columns.
 
-    attention: (L, H, N); unit_docs: (U,) document index of each unit; retriever: (D,) from
-    ``relative_scores``; sim_unit: (U,) and sim_doc: (D,) embedding similarities to the query.
-    Returns ((U, 3C + E), extra names): the standardised attention block (2C) and document block (C),
-    then ``SHAPE``, then ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
+    attention: (L, H, N); similarity: (L, N) hidden-state similarities (for ``LAYER_BLOCKS``); unit_docs:
+    (U,) document index of each unit; retriever: (D,) from ``relative_scores``; sim_unit: (U,) and
+    sim_doc: (D,) embedding similarities to the query. Returns ((U, F), extra names): the standardised
+    ``blocks`` (``BLOCKS_V1``: the attention block (2C) and document block (C)), then ``SHAPE``, then
+    ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
     """
-    raw = attention_features(attention, units)  # (U, 2C)
-    return combine(raw, units, int(attention.shape[-1]), unit_docs, retriever, sim_unit, sim_doc)
+    n_context = int(attention.shape[-1])
+    if tuple(blocks) == BLOCKS_V1:
+        raw = attention_features(attention, units)  # (U, 2C)
+        return combine(raw, units, n_context, unit_docs, retriever, sim_unit, sim_doc)
+    hidden = any(b in LAYER_BLOCKS for b in blocks)
+    found = raw_blocks(attention, similarity, units, hidden)
+    return block_features(found, blocks, units, n_context, unit_docs, retriever, sim_unit, sim_doc)
 
 
 def combine(
@@ -150,7 +303,20 @@ def combine(
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """``unit_features`` from an attention block already reduced to units (``attention_features``, (U, 2C)),
     so that training can cache the block of many layers and try fewer."""
-    cols = [standardise(raw), standardise(document_mass(raw, unit_docs)), shape_features(units, n_context)]
+    extra, names = extra_columns(units, n_context, unit_docs, retriever, sim_unit, sim_doc)
+    return torch.cat([standardise(raw), standardise(document_mass(raw, unit_docs)), extra], dim=1), names
+
+
+def extra_columns(
+    units: Sequence[Unit],
+    n_context: int,
+    unit_docs: torch.Tensor,
+    retriever: torch.Tensor | None = None,
+    sim_unit: torch.Tensor | None = None,
+    sim_doc: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """``SHAPE``, then ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given. (U, E) and their names."""
+    cols = [shape_features(units, n_context)]
     names: list[str] = list(SHAPE)
     if retriever is not None:
         cols.append(retriever.double()[unit_docs][:, None].float())  # (U, 1)

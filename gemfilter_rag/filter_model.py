@@ -74,7 +74,11 @@ class FilterModel:
         return layer
 
     def run(
-        self, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]], exit_layer: int, attention: bool
+        self,
+        inputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        exit_layer: int,
+        attention: bool,
+        hidden: bool = False,
     ) -> list[PassRecord]:
         """One filter pass over several prompts: ``inputs`` are (ids (T_i,), scoring rows (Q_i,)) pairs.
 
@@ -84,7 +88,8 @@ class FilterModel:
         passed for the same reason: the causal mask alone is exact for real tokens, and it keeps SDPA on
         its causal kernel (on a 2-core CPU a masked batch of 8 prompts of 1.6K tokens took 13.4 s, the
         same batch unmasked 10.0 s, one by one 11.0 s). With ``attention`` the rows' attention at every
-        layer ``0..exit_layer`` is recorded too (``PassRecord.attention``).
+        layer ``0..exit_layer`` is recorded too (``PassRecord.attention``); with ``hidden``, every token's
+        hidden-state similarity to the rows' at the input of those layers (``PassRecord.similarity``).
         """
         device = self.device
         lengths = [int(ids.shape[0]) for ids, _ in inputs]
@@ -104,7 +109,7 @@ class FilterModel:
             ids = torch.full((len(inputs), longest), self.pad_id, dtype=torch.long)  # (B, T)
             for i, (x, _) in enumerate(inputs):
                 ids[i, : x.shape[0]] = x
-        return capture.run_pass(self.model, ids.to(device), exit_layer, rows, lengths, attention)
+        return capture.run_pass(self.model, ids.to(device), exit_layer, rows, lengths, attention, hidden)
 
     @property
     def pad_id(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .assemble import assemble
+from .capture import PassRecord
 from .config import GemFilterConfig, check_top_k
 from .embeddings import Embedder
 from .evidence import Evidence
@@ -25,7 +26,7 @@ from .filter_model import FilterModel
 from .prior import add_prior, check_document_scores, share_budget
 from .prompt import FilterPrompt, build_prompt
 from .result import CompressionResult
-from .scorers import SEPARATOR, Scorer, Scores, Target, unit_sums
+from .scorers import SEPARATOR, Scorer, Scores, Target, records_hidden, unit_sums
 from .scoring import query_positions
 from .selection import Unit, select_ranked, select_tokens, unit_scores
 from .units import PromptUnits, prompt_units
@@ -83,6 +84,12 @@ def whole_target(prompt: FilterPrompt, units: PromptUnits) -> Target:
     return Target(prompt.context_positions(), flat, units.documents, flat)
 
 
+def run_pass(plan: Plan, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[PassRecord]:
+    """One filter pass over (ids (T_i,), rows (Q_i,)) pairs, recording what the plan's scorer reads."""
+    scorer = plan.scorer
+    return plan.model.run(inputs, scorer.layer, scorer.attention, records_hidden(scorer))
+
+
 def score_prompt(plan: Plan, prompt: FilterPrompt, units: PromptUnits, evidence: Evidence) -> Scores:
     """Score one prompt: one pass, or windows when it is longer than the model accepts."""
     limit = plan.model.max_positions
@@ -90,9 +97,7 @@ def score_prompt(plan: Plan, prompt: FilterPrompt, units: PromptUnits, evidence:
         score, prefilter = window_scorer(plan, prompt, evidence)
         tokens = score_in_windows(prompt, plan.window_size or limit, plan.scorer.rows, score, prefilter=prefilter)
         return Scores(tokens, unit_scores(tokens, units.units).double())
-    (record,) = plan.model.run(
-        [(prompt.input_ids, scoring_rows(plan, prompt))], plan.scorer.layer, plan.scorer.attention
-    )
+    (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))])
     return plan.scorer.score(record, whole_target(prompt, units), evidence)
 
 
@@ -115,7 +120,7 @@ def window_scorer(plan: Plan, prompt: FilterPrompt, evidence: Evidence) -> tuple
     def score(
         ids: torch.Tensor, rows: torch.Tensor, ctx_start: int, local: list[Unit], region: list[Unit]
     ) -> torch.Tensor:
-        (record,) = plan.model.run([(ids, rows)], plan.scorer.layer, plan.scorer.attention)
+        (record,) = run_pass(plan, [(ids, rows)])
         n = local[-1][1] if local else 0
         found = [locate(u) for u in region]
         target = Target(
@@ -224,7 +229,7 @@ def compress_prompts(
         group = short[s : s + batch_size]
         t0 = time.perf_counter()
         inputs = [(prompts[i].input_ids, scoring_rows(plan, prompts[i])) for i in group]
-        records = plan.model.run(inputs, plan.scorer.layer, plan.scorer.attention)
+        records = run_pass(plan, inputs)
         for i, record in zip(group, records, strict=True):
             scores[i] = plan.scorer.score(record, whole_target(prompts[i], units[i]), evidence[i])
         elapsed = time.perf_counter() - t0

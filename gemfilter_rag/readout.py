@@ -15,15 +15,16 @@ from typing import Any
 
 import torch
 
-from .features import ATTENTION_BLOCKS, EMBEDDING, RETRIEVER, SHAPE
+from .features import BLOCKS_V1, CHANNEL_BLOCKS, EMBEDDING, LAYER_BLOCKS, RETRIEVER, SHAPE, block_columns
 
 
 @dataclass(frozen=True)
 class Readout:
     """One linear readout: ``logit = features @ weights + bias`` over units.
 
-    ``weights`` cover the attention and document blocks of layers ``0..layer`` (``3 * (layer + 1) *
-    heads`` columns, ``features.unit_features``) followed by ``extras``, in that order.
+    ``weights`` cover the ``blocks`` of layers ``0..layer`` (``features.block_columns``: ``(layer + 1) *
+    heads`` columns for a block of ``features.CHANNEL_BLOCKS``, ``layer + 1`` for one of
+    ``features.LAYER_BLOCKS``; ``features.unit_features``) followed by ``extras``, in that order.
     """
 
     layer: int
@@ -31,9 +32,13 @@ class Readout:
     extras: tuple[str, ...]
     weights: tuple[float, ...]
     bias: float
+    blocks: tuple[str, ...] = BLOCKS_V1
 
     def __post_init__(self) -> None:
-        expected = ATTENTION_BLOCKS * (self.layer + 1) * self.heads + len(self.extras)
+        unknown = [b for b in self.blocks if b not in CHANNEL_BLOCKS + LAYER_BLOCKS]
+        if unknown or len(set(self.blocks)) != len(self.blocks):
+            raise ValueError(f"blocks: {list(self.blocks)} must be distinct names of {CHANNEL_BLOCKS + LAYER_BLOCKS}.")
+        expected = block_columns(self.blocks, self.layer + 1, self.heads) + len(self.extras)
         if len(self.weights) != expected:
             raise ValueError(
                 f"weights: {len(self.weights)} values for layer {self.layer}, {self.heads} heads and extras "
@@ -49,6 +54,11 @@ class Readout:
     def uses_embeddings(self) -> bool:
         """Whether it needs an embedding model."""
         return EMBEDDING[0] in self.extras
+
+    @property
+    def uses_hidden(self) -> bool:
+        """Whether it reads the filter model's hidden-state similarities (``features.LAYER_BLOCKS``)."""
+        return any(b in LAYER_BLOCKS for b in self.blocks)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(U, F) features, columns as in ``features.unit_features`` -> (U,) logits."""
@@ -81,6 +91,17 @@ class ReadoutSet:
     variants: dict[str, Readout]
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The feature blocks its variants read (they share them)."""
+        first = next(iter(self.variants.values()), None)
+        return first.blocks if first is not None else BLOCKS_V1
+
+    @property
+    def uses_hidden(self) -> bool:
+        """Whether a pass for it records hidden-state similarities."""
+        return any(v.uses_hidden for v in self.variants.values())
+
     def choose(self, retriever: bool, embeddings: bool) -> Readout:
         """The richest variant whose inputs are all available."""
         for r, e in ((retriever, embeddings), (False, embeddings), (retriever, False), (False, False)):
@@ -91,9 +112,11 @@ class ReadoutSet:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in a profile."""
+        blocks = {} if self.blocks == BLOCKS_V1 else {"blocks": list(self.blocks)}
         return {
             "layer": self.layer,
             "heads": self.heads,
+            **blocks,
             "variants": {
                 k: {"extras": list(v.extras), "weights": [round(x, 6) for x in v.weights], "bias": round(v.bias, 6)}
                 for k, v in self.variants.items()
@@ -105,8 +128,11 @@ class ReadoutSet:
     def from_dict(cls, data: Mapping[str, Any]) -> ReadoutSet:
         """Inverse of ``to_dict``."""
         layer, heads = int(data["layer"]), int(data["heads"])
+        blocks = tuple(str(b) for b in data.get("blocks", BLOCKS_V1))
         variants = {
-            k: Readout(layer, heads, tuple(v["extras"]), tuple(float(x) for x in v["weights"]), float(v["bias"]))
+            k: Readout(
+                layer, heads, tuple(v["extras"]), tuple(float(x) for x in v["weights"]), float(v["bias"]), blocks
+            )
             for k, v in data["variants"].items()
         }
         for k, v in variants.items():

@@ -106,6 +106,19 @@ def row_attention(
     return attention_probs(query_logits(query, key), scaling, visible).mean(dim=2)  # (B, H, T)
 
 
+def token_similarity(states: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Cosine of every token's hidden state with the rows' mean, after unit-norming and centring.
+
+    states: (T, d) hidden states of one prompt; rows: (Q,) positions of the question's rows. Each state
+    is scaled to unit norm (so that a few tokens with huge activations do not dominate), the mean over
+    the prompt is subtracted, and each token is compared with the mean of the rows. Returns (T,) in [-1, 1].
+    """
+    unit = states / states.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (T, d)
+    centred = unit - unit.mean(dim=0, keepdim=True)  # (T, d)
+    question = centred[rows.to(states.device)].mean(dim=0)  # (d,)
+    return F.cosine_similarity(centred, question[None], dim=-1, eps=1e-8).cpu()  # (T,)
+
+
 def query_positions(length: int, query_start: int, query: str | int) -> torch.Tensor:
     """Positions of a ``length``-token prompt whose attention scores (``ScoringConfig.query``): the last
     token, the question (from ``query_start``) onward, or the last n. Returns (Q,)."""

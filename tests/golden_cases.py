@@ -157,7 +157,9 @@ def assert_matches(found: dict[str, Any], expected: dict[str, Any], tol: float =
     if expected["scores"] is not None:
         got, want = torch.tensor(found["scores"]), torch.tensor(expected["scores"])
         assert got.shape == want.shape
-        assert torch.allclose(got, want, rtol=tol, atol=tol), float((got - want).abs().max())
+        # float32 sums differ in their last bits between CPUs (kernel choice): tolerate tol of the scores' scale
+        scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+        assert torch.allclose(got, want, rtol=tol, atol=tol * scale), float((got - want).abs().max())
 
 
 if __name__ == "__main__":

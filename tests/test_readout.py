@@ -320,9 +320,9 @@ def test_embeddings_prefilter_long_prompts_before_any_pass(monkeypatch: pytest.M
     lengths: list[int] = []
     real = FilterModel.run
 
-    def counting(self: FilterModel, inputs: Any, exit_layer: int, attention: bool) -> Any:
+    def counting(self: FilterModel, inputs: Any, exit_layer: int, attention: bool, hidden: bool = False) -> Any:
         lengths.extend(int(ids.shape[0]) for ids, _ in inputs)
-        return real(self, inputs, exit_layer, attention)
+        return real(self, inputs, exit_layer, attention, hidden)
 
     monkeypatch.setattr(FilterModel, "run", counting)
     plain.compress(docs, QUERY, top_k=30)

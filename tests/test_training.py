@@ -10,7 +10,7 @@ import pytest
 import torch
 from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
 
-from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag import GemFilterCompressor, training
 from gemfilter_rag.answers import contains_answer
 from gemfilter_rag.readout import ReadoutSet
 from gemfilter_rag.training import TrainingReport, choose_layer, train_readout
@@ -175,7 +175,17 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
     feats = extract(comp, examples, 2, tmp_path)
     assert len(feats) == len(examples)
     f = feats[0]
-    assert f.raw.shape == (len(f.units), 2 * 3 * 4) and f.labels.any() and not f.labels.all()
+    shapes = {k: tuple(v.shape) for k, v in f.raw.items()}
+    u = len(f.units)
+    channels = 3 * 4  # layers 0..2, 4 heads
+    assert shapes == {
+        "mass": (u, channels),
+        "mean": (u, channels),
+        "max": (u, channels),
+        "sim_mean": (u, 3),
+        "sim_max": (u, 3),
+    }
+    assert f.labels.any() and not f.labels.all()
     labelled = [t for t, y in zip(f.texts, f.labels.tolist(), strict=True) if y]
     assert any("Cambridge tells you" in t for t in labelled)
 
@@ -187,13 +197,16 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
     with monkeypatch.context() as patched:
         patched.setattr(FilterModel, "run", no_model)
         again = extract(comp, examples, 2, tmp_path)
-    assert [torch.equal(a.raw, b.raw) for a, b in zip(feats, again, strict=True)] == [True] * len(feats)
+    same = [all(torch.equal(a.raw[k], b.raw[k]) for k in a.raw) for a, b in zip(feats, again, strict=True)]
+    assert same == [True] * len(feats)
     readouts, report = train_readout(
         comp, examples, embedder=None, max_layer=2, budget=16, folds=2, cache=tmp_path, log=lambda s: None
     )
     assert isinstance(report, TrainingReport) and set(report.per_layer) == {0, 1, 2}
     assert readouts.layer == report.chosen_layer and set(readouts.variants) == {"attention"}
     assert readouts.provenance["examples"] == {"toy": 3, "toy2": 3}
+    assert readouts.blocks == training.BLOCKS and readouts.uses_hidden  # every block by default
+    assert set(report.ablations) == set(training.ABLATIONS)
     cv = cross_validate(again, readouts.layer, "attention", 1e-2, 16, folds=2)
     assert set(cv["answer_kept"]) == {"toy", "toy2", "all"}
     # the readout goes into a profile and the compressor uses it at its layer

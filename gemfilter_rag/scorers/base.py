@@ -71,6 +71,12 @@ class Scorer(Protocol):
         ...
 
 
+def records_hidden(scorer: Scorer) -> bool:
+    """Whether the scorer's pass records hidden-state similarities (``PassRecord.similarity``): an optional
+    ``hidden`` attribute a scorer may have (absent: no)."""
+    return bool(getattr(scorer, "hidden", False))
+
+
 def unit_sums(tokens: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
     """Summed token scores (N,) of each unit: (U,) float64 (the unit value of a token scorer)."""
     return unit_scores(tokens, units).double()

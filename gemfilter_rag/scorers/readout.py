@@ -35,6 +35,11 @@ class ReadoutScorer:
         """The readout's last layer: the pass exits there."""
         return self.readouts.layer
 
+    @property
+    def hidden(self) -> bool:
+        """Whether the pass records hidden-state similarities (``PassRecord.similarity``) for the readout."""
+        return self.readouts.uses_hidden
+
     def choose(self, evidence: Evidence) -> Readout:
         """The variant for the inputs this prompt has (retriever scores, an embedding model)."""
         return self.readouts.choose(retriever=evidence.retriever is not None, embeddings=evidence.embedder is not None)
@@ -47,10 +52,16 @@ class ReadoutScorer:
         units = [target.units[i] for i in keep]
         docs = [target.documents[i] for i in keep]
         attention = record.attention[: readout.layer + 1, :, target.positions]  # (L, H, N)
+        similarity = None
+        if readout.uses_hidden:
+            assert record.similarity is not None, "the pass did not record the hidden-state similarities"
+            similarity = record.similarity[: readout.layer + 1, target.positions]  # (L, N)
         x, names = unit_features(
             attention,
             units,
             torch.tensor(docs, dtype=torch.long),  # (U',)
+            similarity=similarity,
+            blocks=readout.blocks,
             retriever=evidence.retriever if readout.uses_retriever else None,
             sim_unit=evidence.sim_units([target.spans[i] for i in keep], docs) if readout.uses_embeddings else None,
             sim_doc=evidence.sim_doc() if readout.uses_embeddings else None,

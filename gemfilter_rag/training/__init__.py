@@ -30,6 +30,7 @@ from ..data import (
     long_context_eval_json,
 )
 from ..embeddings import Embedder
+from ..features import BLOCKS_V1, CHANNEL_BLOCKS, LAYER_BLOCKS
 from ..loading import cache_dir
 from ..readout import ReadoutSet
 from .examples import Example, hotpot_examples, needle_examples, nq_examples, nq_passage, squad_examples
@@ -40,6 +41,17 @@ if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
 VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
+BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS
+"""The blocks a readout is trained on by default: every one the pass gives."""
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "mass+mean+doc (v1)": BLOCKS_V1,
+    "+max": (*BLOCKS_V1, "max"),
+    "+context": (*BLOCKS_V1, "doc_best", "prev_mass", "next_mass"),
+    "+hidden": (*BLOCKS_V1, *LAYER_BLOCKS),
+    "all but hidden": CHANNEL_BLOCKS,
+    "all": BLOCKS,
+}
+"""Block sets cross-validated at the chosen layer, to show what each block adds."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ class TrainingReport:
     chosen_layer: int
     variants: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     """variant -> CV rates at the chosen layer."""
+    ablations: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """block set -> CV rates of the attention variant at the chosen layer."""
     examples: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -134,11 +148,17 @@ def train_readout(
     tolerance: float = 0.01,
     folds: int = 5,
     seed: int = 0,
+    blocks: Sequence[str] = BLOCKS,
+    ablations: dict[str, tuple[str, ...]] | None = None,
     cache: Path | None = None,
     progress: Callable[[Any], Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ReadoutSet, TrainingReport]:
-    """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant."""
+    """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant.
+
+    ``blocks``: the feature blocks the readouts read (``features.CHANNEL_BLOCKS``, ``features.LAYER_BLOCKS``);
+    ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none).
+    """
     import time
 
     t0 = time.perf_counter()
@@ -152,17 +172,20 @@ def train_readout(
     candidates = list(layers) if layers is not None else list(range(max_layer + 1))
     per_layer = {}
     for layer in candidates:
-        per_layer[layer] = cross_validate(feats, layer, "attention", l2, budget, folds, seed)
+        per_layer[layer] = cross_validate(feats, layer, "attention", l2, budget, folds, seed, blocks)
         log(f"layer {layer:2d}: answer kept {per_layer[layer]['answer_kept']}")
     chosen = choose_layer(per_layer, tolerance)
     log(f"chosen layer {chosen} (earliest within {tolerance} of the best)")
     usable = [v for v in VARIANTS if embedder is not None or v == "attention"]
     report = TrainingReport(per_layer, chosen, examples=counts)
+    for name, subset in (ABLATIONS if ablations is None else ablations).items():
+        report.ablations[name] = cross_validate(feats, chosen, "attention", l2, budget, folds, seed, subset)
+        log(f"blocks {name}: {report.ablations[name]['answer_kept']}")
     readouts = {}
     for variant in usable:
-        report.variants[variant] = cross_validate(feats, chosen, variant, l2, budget, folds, seed)
+        report.variants[variant] = cross_validate(feats, chosen, variant, l2, budget, folds, seed, blocks)
         log(f"{variant}: {report.variants[variant]['answer_kept']}")
-        readouts[variant] = fit_readout(feats, chosen, variant, l2)
+        readouts[variant] = fit_readout(feats, chosen, variant, l2, blocks)
     report.seconds = {"features": t1 - t0, "fit": time.perf_counter() - t1}
     provenance = {
         "date": _dt.date.today().isoformat(),
@@ -182,6 +205,9 @@ def train_readout(
         "cv_answer_kept_per_layer": {str(k): v["answer_kept"] for k, v in per_layer.items()},
         "cv_positives_kept_per_layer": {str(k): v["positives_kept"] for k, v in per_layer.items()},
         "cv_variants": report.variants,
+        "cv_block_ablations": {k: v["answer_kept"] for k, v in report.ablations.items()},
+        "blocks": list(blocks),
+        "quantized": getattr(comp.model, "gemfilter_quantized", None),
     }
     heads = feats[0].heads
     return ReadoutSet(chosen, heads, readouts, provenance), report

@@ -34,6 +34,14 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
     p.add_argument("--tolerance", type=float, default=0.01, help="answer-kept tolerance for the earliest layer")
     p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (by question)")
     p.add_argument("--seed", type=int, default=0, help="seed of every sample")
+    p.add_argument(
+        "--blocks",
+        nargs="+",
+        default=None,
+        help="feature blocks the readout reads (default: all of gemfilter_rag.features.CHANNEL_BLOCKS and "
+        "LAYER_BLOCKS; 'mass mean doc_mass' is the first readouts' set)",
+    )
+    p.add_argument("--no-ablations", action="store_true", help="skip cross-validating the block ablations")
 
 
 def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
@@ -43,12 +51,16 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from ..compressor import GemFilterCompressor
     from ..embeddings import minilm
     from ..profiles import Profile, find_profile, fingerprint
-    from . import Sizes, build_examples, train_readout
+    from . import BLOCKS, Sizes, build_examples, train_readout
 
     if not 0 <= args.tolerance < 1:
         raise usage_error(f"--tolerance: {args.tolerance} must be within [0, 1)")
     if args.l2 < 0:
         raise usage_error(f"--l2: {args.l2} must be >= 0")
+    blocks = tuple(args.blocks) if args.blocks else BLOCKS
+    unknown = [b for b in blocks if b not in BLOCKS]
+    if unknown:
+        raise usage_error(f"--blocks: unknown {unknown}; choose from {list(BLOCKS)}")
     comp = GemFilterCompressor.from_pretrained(args.model, device=args.device, scorer="layer")
     max_layer = args.max_layer if args.max_layer is not None else max(0, comp.num_layers // 2)
     if not 0 <= max_layer < comp.num_layers:
@@ -66,6 +78,8 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         tolerance=args.tolerance,
         folds=args.folds,
         seed=args.seed,
+        blocks=blocks,
+        ablations={} if args.no_ablations else None,
         progress=lambda it: tqdm(it, desc="features", unit="question", file=sys.stderr),
         log=lambda line: print(line, file=sys.stderr),
     )

@@ -1,7 +1,8 @@
 """One filter pass per training example, reduced to what fitting needs, cached on disk.
 
-For each example: the attention block of every unit at layers ``0..max_layer``
-(``features.attention_features``), the units' documents, labels (the unit overlaps a positive span),
+For each example: the raw blocks of every unit at layers ``0..max_layer`` (``features.raw_blocks``:
+attention mass, mean and maximum per head, hidden-state similarity per layer), the units' documents,
+labels (the unit overlaps a positive span),
 texts (to check which answers a selection keeps) and, with an embedding model, the similarities of
 units and documents to the question. A cache entry is keyed by the model's architecture, the
 layer, the prompt settings and the example, so an interrupted run resumes where it stopped.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..embeddings import Embedder
-from ..features import attention_features
+from ..features import raw_blocks
 from ..pipeline import build_prompts
 from ..profiles import attention_heads, fingerprint
 from ..scoring import query_positions
@@ -30,7 +31,7 @@ from .examples import Example
 if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 UNIT_BUDGET = 256
 """Units are cut as for a 256-token budget (sentence pieces of at most 64 tokens)."""
 
@@ -41,7 +42,7 @@ class ExampleFeatures:
 
     id: str
     source: str
-    raw: torch.Tensor  # (U, 2 * (max_layer + 1) * H) attention block, unstandardised
+    raw: dict[str, torch.Tensor]  # features.raw_blocks at layers 0..max_layer, unstandardised
     units: list[tuple[int, int]]  # context-token units
     unit_docs: torch.Tensor  # (U,) long
     labels: torch.Tensor  # (U,) bool: overlaps a positive span
@@ -61,6 +62,7 @@ def cache_key(comp: GemFilterCompressor, max_layer: int, example: Example, embed
     parts = {
         "v": FEATURE_VERSION,
         "model": fingerprint(comp.model.config),
+        "quantized": getattr(comp.model, "gemfilter_quantized", None),
         "layer": max_layer,
         "template": cfg.template,
         "separator": cfg.separator,
@@ -112,9 +114,10 @@ def extract(
         units = prompt_units(prompt, "sentence", UNIT_BUDGET)
         flat, docs = units.units, units.documents
         rows = query_positions(prompt.length, prompt.query_start, probe.config.scoring.query)
-        (item,) = probe.plan.model.run([(prompt.input_ids, rows)], max_layer, attention=True)
-        assert item.attention is not None
-        raw = attention_features(item.attention[:, :, prompt.context_positions()], flat)  # (U, 2C)
+        (item,) = probe.plan.model.run([(prompt.input_ids, rows)], max_layer, attention=True, hidden=True)
+        assert item.attention is not None and item.similarity is not None
+        positions = prompt.context_positions()
+        raw = raw_blocks(item.attention[:, :, positions], item.similarity[:, positions], flat, hidden=True)
         starts = [0]
         for d in prompt.documents:
             starts.append(starts[-1] + len(d.ids))

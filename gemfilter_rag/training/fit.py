@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..answers import contains_answer
-from ..features import combine, relative_scores, select_layers
+from ..features import BLOCKS_V1, block_features, relative_scores, slice_layers
 from ..readout import Readout, variant_extras
 from ..selection import select_ranked
 from .extract import ExampleFeatures
@@ -30,18 +30,21 @@ class Design:
     example: ExampleFeatures
 
 
-def design(examples: Sequence[ExampleFeatures], layer: int, variant: str) -> list[Design]:
+def design(
+    examples: Sequence[ExampleFeatures], layer: int, variant: str, blocks: Sequence[str] = BLOCKS_V1
+) -> list[Design]:
     """Feature matrices of every example, exactly as ``features.unit_features`` builds them at inference."""
     extras = variant_extras(variant)
     out = []
     for ex in examples:
-        raw = select_layers(ex.raw, ex.heads, layer + 1)  # (U, 2 (layer+1) H)
+        raw = slice_layers(ex.raw, ex.heads, layer + 1)  # blocks of layers 0..layer
         retriever = relative_scores(ex.sim_doc.tolist()) if "retriever" in extras and ex.sim_doc is not None else None
         embed = "sim_unit" in extras
         if ("retriever" in extras or embed) and ex.sim_doc is None:
             raise ValueError(f"variant {variant!r}: the examples were extracted without an embedding model.")
-        x, names = combine(
+        x, names = block_features(
             raw,
+            blocks,
             ex.units,
             ex.n_context,
             ex.unit_docs,
@@ -109,10 +112,17 @@ def macro(rows: Sequence[tuple[str, bool]]) -> dict[str, float]:
 
 
 def cross_validate(
-    examples: Sequence[ExampleFeatures], layer: int, variant: str, l2: float, budget: int, folds: int = 5, seed: int = 0
+    examples: Sequence[ExampleFeatures],
+    layer: int,
+    variant: str,
+    l2: float,
+    budget: int,
+    folds: int = 5,
+    seed: int = 0,
+    blocks: Sequence[str] = BLOCKS_V1,
 ) -> dict[str, dict[str, float]]:
     """``folds``-fold cross-validation by question: answer-kept and positives-kept rates per source."""
-    designs = design(examples, layer, variant)
+    designs = design(examples, layer, variant, blocks)
     order = list(range(len(designs)))
     random.Random(seed).shuffle(order)
     answer: list[tuple[str, bool]] = []
@@ -127,8 +137,10 @@ def cross_validate(
     return {"answer_kept": macro(answer), "positives_kept": macro(positive)}
 
 
-def fit_readout(examples: Sequence[ExampleFeatures], layer: int, variant: str, l2: float) -> Readout:
-    """The readout of ``variant`` at ``layer`` fitted on every example."""
-    w, b = fit_logistic(design(examples, layer, variant), l2)
+def fit_readout(
+    examples: Sequence[ExampleFeatures], layer: int, variant: str, l2: float, blocks: Sequence[str] = BLOCKS_V1
+) -> Readout:
+    """The readout of ``variant`` at ``layer`` over ``blocks``, fitted on every example."""
+    w, b = fit_logistic(design(examples, layer, variant, blocks), l2)
     heads = examples[0].heads
-    return Readout(layer, heads, variant_extras(variant), tuple(float(v) for v in w), b)
+    return Readout(layer, heads, variant_extras(variant), tuple(float(v) for v in w), b, tuple(blocks))
