@@ -1,0 +1,105 @@
+"""Lexical evidence for a readout: the question's rare terms and how each unit matches them.
+
+Attention finds what a unit is about; an exact lookup ("the value of key 3f2a...", "error E-12345")
+also needs the unit that holds the very string. ``rare_terms`` picks the strings of a question worth
+looking up, by rules and no model; ``match_features`` says, per unit, how it holds them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+FEATURES = ("contains_any", "contains_count", "longest_match", "as_key")
+"""The columns of ``match_features``: whether a unit holds a rare term exactly and whole (0 or 1, max
+over the terms; "E-1234" is not held by "E-12345"); how many of the terms it holds; the longest run
+of characters it shares with a term, over that term's length (max over the terms); whether it holds
+a term as a key (followed by ``"``, ``:``, ``=``, or a cell separator ``|``, ``,`` or a tab)."""
+
+_RULES = (  # in order: a later rule never matches inside what an earlier one took
+    re.compile(r"\"([^\"]{1,200})\"|“([^”]{1,200})”|(?<![\w])'([^']{1,200})'(?![\w])"),  # quoted
+    re.compile(r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b"),  # UUID
+    re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[-_.:/][A-Za-z0-9]+)+\b"),  # E-12345, v1.2-rc
+    re.compile(r"\b(?=\w*\d)(?=\w*[A-Za-z])\w{3,}\b"),  # ABC123, sha 3f2a9c
+    re.compile(r"\b[A-Za-z]+(?:_[A-Za-z0-9]+)+\b"),  # snake_case
+    re.compile(r"\b[a-z]+(?:[A-Z][a-z0-9]*)+\b|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b"),  # camelCase, CamelCase
+    re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?![\w])"),  # numbers
+    re.compile(r"\b[A-Za-z]{9,}\b"),  # long words
+)
+
+_COMMON = frozenset(
+    "according following different important something everything information question questions "
+    "described describes including themselves otherwise sometimes difference character characters "
+    "therefore beginning happening".split()
+)
+"""Long words too common to be worth a lookup."""
+
+
+def rare_terms(question: str) -> list[str]:
+    """The strings of ``question`` worth an exact lookup, in order of appearance, each once: quoted
+    strings, UUIDs, IDs and codes (``E-12345``, ``ABC123``), snake_case and CamelCase identifiers,
+    numbers, and long words (9 letters or more) that are not common."""
+    taken = [False] * len(question)
+    found: list[tuple[int, str]] = []
+    for rule in _RULES:
+        for m in rule.finditer(question):
+            group = next((g for g in range(1, (m.lastindex or 0) + 1) if m.group(g)), 0)
+            a, b = m.span(group)
+            term = question[a:b].strip()
+            if not term or any(taken[a:b]) or term.lower() in _COMMON:
+                continue
+            taken[a:b] = [True] * (b - a)
+            found.append((a, term))
+    out: list[str] = []
+    for _, term in sorted(found):
+        if term not in out:
+            out.append(term)
+    return out
+
+
+def _longest_common(term: str, text: str) -> int:
+    """Length of the longest substring of ``term`` that ``text`` holds (binary search on the length)."""
+    lo, hi = 0, len(term)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if any(term[i : i + mid] in text for i in range(len(term) - mid + 1)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _pattern(term: str) -> str:
+    """``term`` as a whole: not inside a longer word, number or ID ("E-1234" is not in "E-12345")."""
+    head = r"(?<![\w-])" if re.match(r"[\w-]", term) else ""
+    tail = r"(?![\w-])" if re.search(r"[\w-]$", term) else ""
+    return head + re.escape(term) + tail
+
+
+def _holds(term: str, text: str) -> bool:
+    return re.search(_pattern(term), text) is not None
+
+
+def _as_key(term: str, text: str) -> bool:
+    return re.search(_pattern(term) + r"(?:\"|'?\s*[:=|,\t])", text) is not None
+
+
+def match_features(question: str, unit_texts: Sequence[str]) -> torch.Tensor:
+    """How each unit matches the rare terms of ``question`` (``FEATURES``). -> (U, F) float32.
+
+    Matching ignores case. A question without rare terms gives zeros.
+    """
+    terms = [t.casefold() for t in rare_terms(question)]  # (K,)
+    out = torch.zeros(len(unit_texts), len(FEATURES), dtype=torch.float32)  # (U, F)
+    if not terms:
+        return out
+    for u, raw in enumerate(unit_texts):
+        text = raw.casefold()
+        held = [_holds(t, text) for t in terms]  # (K,)
+        out[u, 0] = float(any(held))
+        out[u, 1] = float(sum(held))
+        out[u, 2] = max(_longest_common(t, text) / len(t) for t in terms)
+        out[u, 3] = float(any(h and _as_key(t, text) for t, h in zip(terms, held, strict=True)))
+    return out
