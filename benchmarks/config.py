@@ -156,7 +156,22 @@ _STANDARD = BenchConfig(
     lingua_timeout_s=3600.0,
 )
 
+_ONEPASS = BenchConfig(
+    # issue 19: the one-pass default against the previous default and plain RAG, recall only
+    name="onepass",
+    datasets=("hotpotqa", "nq", "squad", "needle"),
+    methods=("rag", "bm25-sentences", "gemfilter-previous", "gemfilter-sentence"),
+    sizes={"hotpotqa": 300, "squad": 100, "nq": 200},
+    budgets=(128, 256, 512),
+    max_context_tokens=1500,
+    needle_grid=((2048, 5, 4), (4096, 5, 4), (8192, 5, 4), (32768, 2, 3)),
+    dataset_methods={"needle": ("rag", "gemfilter-sentence")},
+    readers=(),
+    answer=False,
+)
+
 PRESETS: dict[str, BenchConfig] = {
+    "onepass": _ONEPASS,
     # sizes and per-item costs: see benchmarks/README.md, "Presets and what they cost"
     "quick": BenchConfig(
         name="quick",

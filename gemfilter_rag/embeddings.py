@@ -11,7 +11,9 @@ alone (mean pooling, unit norm: the vectors sentence-transformers gives), offlin
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,19 +43,69 @@ def default_embedding_path() -> Path:
     return path
 
 
+CACHE_VECTORS = 20_000
+"""Text vectors an ``Embedder`` keeps by default (about 30 MB of 384-dimensional vectors)."""
+
+
 class Embedder:
-    """Embeds texts and a query; ``similarities`` gives cosine similarities of texts to the query."""
+    """Embeds texts and a query; ``similarities`` gives cosine similarities of texts to the query.
+
+    Text vectors are kept by the SHA-256 of the text (least recently used first out, ``cache_size``
+    of them; 0: none), so that a chunk retrieved again, or a sentence seen before, is not embedded again.
+    """
 
     def __init__(
-        self, embed_texts: Callable[[list[str]], Any], embed_query: Callable[[str], Any] | None = None, name: str = ""
+        self,
+        embed_texts: Callable[[list[str]], Any],
+        embed_query: Callable[[str], Any] | None = None,
+        name: str = "",
+        cache_size: int = CACHE_VECTORS,
     ) -> None:
+        if cache_size < 0:
+            raise ValueError(f"cache_size: {cache_size} must be >= 0 (0 keeps no vectors).")
         self._texts = embed_texts
         self._query = embed_query or (lambda q: embed_texts([q])[0])
         self.name = name
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.embedded = 0
+        """Texts actually sent to the model so far (cache misses)."""
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors of ``texts`` (N, E), as the wrapped model gives them."""
-        return np.asarray(self._texts(list(texts)), dtype=np.float64)
+        """Vectors of ``texts`` (N, E), as the wrapped model gives them; texts seen before come from the cache."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float64)
+        if not self.cache_size:
+            self.embedded += len(texts)
+            return np.asarray(self._texts(texts), dtype=np.float64)
+        keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in texts]
+        with self._lock:
+            found = {k: self._cache[k] for k in keys if k in self._cache}
+            for k in found:
+                self._cache.move_to_end(k)
+        todo: list[int] = []  # the first index of each text not in the cache
+        wanted: set[bytes] = set()
+        for i, k in enumerate(keys):
+            if k not in found and k not in wanted:
+                wanted.add(k)
+                todo.append(i)
+        if todo:
+            vecs = np.asarray(self._texts([texts[i] for i in todo]), dtype=np.float64)
+            if vecs.ndim != 2 or vecs.shape[0] != len(todo):
+                raise ValueError(
+                    f"embeddings: returned vectors of shape {tuple(vecs.shape)} for {len(todo)} texts; "
+                    "it must give one vector per text."
+                )
+            self.embedded += len(todo)
+            fresh = {keys[i]: v for i, v in zip(todo, vecs, strict=True)}
+            found.update(fresh)
+            with self._lock:
+                self._cache.update(fresh)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return np.stack([found[k] for k in keys])
 
     def similarities(self, query: str, texts: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of each text to ``query``. Returns (N,) float64."""

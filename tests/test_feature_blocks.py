@@ -267,3 +267,34 @@ def test_the_int8_pass_keeps_nearly_what_the_float_pass_keeps() -> None:
 def test_load_model_refuses_an_unknown_quantize() -> None:
     with pytest.raises(ValueError, match="quantize"):
         load_model("/nonexistent", quantize="int4")
+
+
+# ---------------------------------------------------------------- embedding vectors by content hash
+
+
+def test_embedder_embeds_each_text_once_and_bounds_its_cache() -> None:
+    from gemfilter_rag.embeddings import Embedder
+
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(list(texts))
+        return [[float(len(t)), float(t.count("a")) + 1.0] for t in texts]
+
+    emb = Embedder(embed, name="toy", cache_size=3)
+    first = emb.embed(["aa", "b", "aa"])
+    assert calls == [["aa", "b"]] and first.shape == (3, 2) and first[0].tolist() == first[2].tolist()
+    again = emb.embed(["b", "aa", "ccc"])
+    assert calls[-1] == ["ccc"] and again[1].tolist() == first[0].tolist() and emb.embedded == 3
+    emb.embed(["dddd"])  # the cache holds 3: "b" is now the oldest and goes
+    emb.embed(["b"])
+    assert calls[-1] == ["b"]
+    plain = Embedder(embed, cache_size=0)
+    plain.embed(["aa"])
+    plain.embed(["aa"])
+    assert calls[-2:] == [["aa"], ["aa"]]
+    assert emb.embed([]).shape[0] == 0
+    with pytest.raises(ValueError, match="cache_size"):
+        Embedder(embed, cache_size=-1)
+    sims = emb.similarities("aa", ["aa", "b"])
+    assert sims.shape == (2,) and float(sims[0]) == pytest.approx(1.0)

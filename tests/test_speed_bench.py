@@ -37,8 +37,12 @@ def test_quick_run_writes_a_consistent_report(tiny_model_dir: Path, tmp_path: Pa
         assert full["new_tokens"] == gem["new_tokens"] == speed.NEW_TOKENS
         assert gem["read_tokens"] < full["read_tokens"]  # GemFilter's full model read fewer tokens
         assert 0 < gem["first_token"] <= gem["total"] and 0 < full["first_token"] <= full["total"]
+    assert [r["previous"] for r in report["stages"]] == [False]  # no previous default for another model
+    for row in report["stages"]:
+        assert set(speed.STAGES) <= set(row) and row["total"] == pytest.approx(sum(row[s] for s in speed.STAGES))
     md = (out / "speed.md").read_text()
     assert report["machine"]["cpu"] in md and md.count("| gemfilter |") == len(report["generation"])
+    assert "| tokenize | units | pass | features | readout | select | assemble |" in md
     for name in ("speed_time.png", "speed_memory.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -55,3 +59,18 @@ def test_context_documents_fill_the_budget(tokenizer: Any) -> None:
     assert all(d in essays for d in docs)  # whole paragraphs, the last one cut
     more = context_documents(tokenizer, 3000)
     assert len(more) > len(docs) and more[: len(docs) - 1] == docs[:-1]
+
+
+@pytest.mark.parametrize("readout", [False, True])
+def test_stage_times_time_what_compress_does(readout: bool) -> None:
+    from test_feature_blocks import blocks_compressor
+    from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
+
+    from benchmarks.speed import STAGES, stage_times
+    from gemfilter_rag import GemFilterCompressor
+
+    comp = blocks_compressor("llama") if readout else GemFilterCompressor(build_model("llama"), build_tokenizer())
+    docs = [p.replace("\n", " ") for p in TRAINING_TEXT.split("\n\n")]
+    got = stage_times(comp, docs, "What does Cambridge tell you?", 40)  # raises if it kept other tokens
+    assert tuple(got) == STAGES and all(v >= 0 for v in got.values())
+    assert got["pass"] > 0

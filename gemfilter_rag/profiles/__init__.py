@@ -43,8 +43,15 @@ class Profile:
     measurements: dict[str, Any] = field(default_factory=dict)
     readout: dict[str, Any] | None = None
     """A trained ``ReadoutSet`` (``ReadoutSet.to_dict()``) from ``gemfilter train-readout``, or None."""
+    embeddings: str = "auto"
+    """What ``from_pretrained(embeddings="auto")`` loads: "default" (all-MiniLM-L6-v2), "none", or "auto":
+    MiniLM when the readout has a variant that reads it (profiles written before 0.2)."""
 
     def __post_init__(self) -> None:
+        if self.embeddings not in ("auto", "default", "none"):
+            raise ValueError(
+                f"embeddings: {self.embeddings!r} is not valid in a profile; use 'auto', 'default' or 'none'."
+            )
         if not isinstance(self.defaults, dict):
             raise TypeError(
                 f"defaults: expected a dict of GemFilterConfig fields, got {type(self.defaults).__name__}; "

@@ -42,6 +42,16 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
         "LAYER_BLOCKS; 'mass mean doc_mass' is the first readouts' set)",
     )
     p.add_argument("--no-ablations", action="store_true", help="skip cross-validating the block ablations")
+    p.add_argument(
+        "--layers", type=int, nargs="+", default=None, help="candidate exit layers (default: 0..--max-layer)"
+    )
+    p.add_argument(
+        "--profile-embeddings",
+        choices=["none", "default", "auto"],
+        default="none",
+        help="what from_pretrained loads beside the model by default: 'none' (one model; the default), "
+        "'default' (all-MiniLM-L6-v2 for the embedding variants), 'auto' (MiniLM when a variant reads it)",
+    )
 
 
 def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     max_layer = args.max_layer if args.max_layer is not None else max(0, comp.num_layers // 2)
     if not 0 <= max_layer < comp.num_layers:
         raise usage_error(f"--max-layer: {max_layer} is outside this model's layers; use 0..{comp.num_layers - 1}")
+    if args.layers is not None and not all(0 <= v <= max_layer for v in args.layers):
+        raise usage_error(f"--layers: {args.layers} must lie within 0..--max-layer ({max_layer})")
     embedder = None if args.no_embeddings else minilm()
     sizes = Sizes(args.hotpotqa, 0 if embedder is None else args.nq, args.squad, args.needles)
     examples = build_examples(comp.tokenizer, embedder, sizes, seed=args.seed)
@@ -73,6 +85,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         examples,
         embedder=embedder,
         max_layer=max_layer,
+        layers=args.layers,
         budget=args.budget,
         l2=args.l2,
         tolerance=args.tolerance,
@@ -93,7 +106,12 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         f"chosen by cross-validated answer survival at {args.budget} tokens"
     )
     if shipped is not None:
-        profile = replace(shipped.with_defaults(filter_layer=readouts.layer), readout=readouts.to_dict(), source=source)
+        profile = replace(
+            shipped.with_defaults(filter_layer=readouts.layer),
+            readout=readouts.to_dict(),
+            source=source,
+            embeddings=args.profile_embeddings,
+        )
     else:
         profile = Profile(
             name=args.name or Path(str(args.model)).stem,
@@ -101,6 +119,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
             defaults={"filter_layer": readouts.layer},
             source=source,
             readout=readouts.to_dict(),
+            embeddings=args.profile_embeddings,
         )
     if args.name:
         profile = replace(profile, name=args.name)
