@@ -161,11 +161,14 @@ _ONEPASS = BenchConfig(
     name="onepass",
     datasets=("hotpotqa", "nq", "squad", "needle"),
     methods=("rag", "bm25-sentences", "gemfilter-previous", "gemfilter-sentence"),
+    dataset_methods={
+        "needle": ("rag", "gemfilter-sentence"),
+        "hotpotqa": ("rag", "bm25-sentences", "gemfilter-previous", "gemfilter-sentence", "gemfilter-float"),
+    },
     sizes={"hotpotqa": 300, "squad": 100, "nq": 200},
     budgets=(128, 256, 512),
     max_context_tokens=1500,
     needle_grid=((2048, 5, 4), (4096, 5, 4), (8192, 5, 4), (32768, 2, 3)),
-    dataset_methods={"needle": ("rag", "gemfilter-sentence")},
     readers=(),
     answer=False,
 )

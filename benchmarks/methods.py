@@ -172,10 +172,20 @@ class Resources:
             str(self.model_dir), device="cpu", profile=profile_path(spec.profile), quantize=spec.quantize
         )
 
+    @cached_property
+    def float_weights(self) -> Any:
+        """The default profile on float32 weights (``quantize=None``): what int8 costs in recall."""
+        from gemfilter_rag import GemFilterCompressor
+
+        return GemFilterCompressor.from_pretrained(str(self.model_dir), device="cpu", quantize=None)
+
     def compressor(self, mode: str) -> Any:
-        """A compressor sharing the base model's weights, in one of ``GEMFILTER_MODES`` ("previous": ``previous``)."""
+        """A compressor sharing the base model's weights, in one of ``GEMFILTER_MODES`` ("previous": ``previous``;
+        "float": ``float_weights``)."""
         if mode == "previous":
             return self.previous
+        if mode == "float":
+            return self.float_weights
         if mode not in self._compressors:
             if mode not in GEMFILTER_MODES:
                 raise ValueError(f"mode: unknown {mode!r}; choose one of {sorted(GEMFILTER_MODES)}.")
@@ -457,6 +467,12 @@ def gemfilter_sentence(item: Item, budget: int, res: Resources) -> Output:
 def gemfilter_previous(item: Item, budget: int, res: Resources) -> Output:
     """The default up to 0.1: SmolLM2-135M in float32, readout over layers 0..15 with MiniLM similarities."""
     return _gemfilter(item, budget, res, "previous")
+
+
+@method("gemfilter-float", label="GemFilter (default) on float32 weights")
+def gemfilter_float(item: Item, budget: int, res: Resources) -> Output:
+    """The shipped default without int8 quantisation: the same profile and readout on float32 weights."""
+    return _gemfilter(item, budget, res, "float")
 
 
 @method("gemfilter-document", label="GemFilter (document)")

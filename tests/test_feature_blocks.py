@@ -298,3 +298,22 @@ def test_embedder_embeds_each_text_once_and_bounds_its_cache() -> None:
         Embedder(embed, cache_size=-1)
     sims = emb.similarities("aa", ["aa", "b"])
     assert sims.shape == (2,) and float(sims[0]) == pytest.approx(1.0)
+
+
+def test_sentence_spans_split_a_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gemfilter_rag.sentences as sentences
+
+    calls: list[str] = []
+    real = sentences._split
+
+    def counting(text: str) -> list[tuple[int, int]]:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(sentences, "_split", counting)
+    sentences._cached_spans.cache_clear()
+    text = "One sentence here. Another one there! A third?"
+    first = sentences.sentence_spans(text)
+    first.append((0, 0))  # the caller's list is its own
+    again = sentences.sentence_spans(text)
+    assert calls == [text] and again == first[:-1] and again[-1][1] == len(text)

@@ -245,3 +245,31 @@ def test_train_readout_command_on_a_tiny_model(tmp_path: Path, monkeypatch: pyte
     report = json.loads((out / "tiny-qwen.report.json").read_text())
     assert set(report["per_layer"]) == {"0", "1"}
     assert main(["train-readout", "--model", str(model_dir), "--max-layer", "9"]) == 2  # outside the model
+
+
+def test_interleave_keeps_every_source_in_proportion() -> None:
+    from gemfilter_rag.training import interleave
+
+    examples = [Example(f"a{i}", "a", "q", ["d"], ["x"], []) for i in range(6)]
+    examples += [Example(f"b{i}", "b", "q", ["d"], ["x"], []) for i in range(3)]
+    out = interleave(examples)
+    assert sorted(e.id for e in out) == sorted(e.id for e in examples)
+    assert [e.id for e in out if e.source == "a"] == [f"a{i}" for i in range(6)]  # each source in its order
+    for k in range(3, len(out) + 1, 3):  # any prefix holds both sources about 2:1
+        prefix = [e.source for e in out[:k]]
+        assert abs(prefix.count("a") - 2 * prefix.count("b")) <= 2
+
+
+def test_cached_only_extracts_nothing_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    comp = GemFilterCompressor(build_model("llama"), build_tokenizer())
+    examples = _examples()
+    extract(comp, examples[:2], 1, tmp_path)
+
+    def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("cached_only must not run the model")
+
+    from gemfilter_rag.filter_model import FilterModel
+
+    monkeypatch.setattr(FilterModel, "run", no_model)
+    got = extract(comp, examples, 1, tmp_path, cached_only=True)
+    assert [f.id for f in got] == [e.id for e in examples[:2]]

@@ -95,6 +95,22 @@ def build_examples(tokenizer: Any, embedder: Embedder | None, sizes: Sizes, seed
     return out
 
 
+def interleave(examples: Sequence[Example]) -> list[Example]:
+    """The examples with their sources taken in turn (each source in its own order), so that any prefix,
+    e.g. the features cached when an extraction stopped, holds every source in proportion."""
+    by: dict[str, list[Example]] = {}
+    for ex in examples:
+        by.setdefault(ex.source, []).append(ex)
+    total = len(examples)
+    out: list[Example] = []
+    taken = dict.fromkeys(by, 0)
+    while len(out) < total:  # the source furthest behind its share goes next
+        source = min(by, key=lambda s: (taken[s] / len(by[s]) if taken[s] < len(by[s]) else 2.0, s))
+        out.append(by[source][taken[source]])
+        taken[source] += 1
+    return out
+
+
 def nq_similarities(records: Sequence[dict[str, Any]], embedder: Embedder) -> np.ndarray:
     """(Q, C) cosine similarity of every NQ question to every gold passage, cached in the cache directory."""
     corpus = [nq_passage(r) for r in records]
@@ -150,6 +166,7 @@ def train_readout(
     seed: int = 0,
     blocks: Sequence[str] = BLOCKS,
     ablations: dict[str, tuple[str, ...]] | None = None,
+    cached_only: bool = False,
     cache: Path | None = None,
     progress: Callable[[Any], Any] | None = None,
     log: Callable[[str], None] = print,
@@ -157,13 +174,14 @@ def train_readout(
     """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant.
 
     ``blocks``: the feature blocks the readouts read (``features.CHANNEL_BLOCKS``, ``features.LAYER_BLOCKS``);
-    ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none).
+    ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none);
+    ``cached_only``: fit on the examples whose features are cached already (re-fitting without a pass).
     """
     import time
 
     t0 = time.perf_counter()
     folder = cache or cache_dir() / "readout" / "features"
-    feats: list[ExampleFeatures] = extract(comp, examples, max_layer, folder, embedder, progress)
+    feats: list[ExampleFeatures] = extract(comp, examples, max_layer, folder, embedder, progress, cached_only)
     t1 = time.perf_counter()
     counts: dict[str, int] = {}
     for f in feats:
@@ -197,6 +215,7 @@ def train_readout(
             "needles": "training.examples.TRAIN_NEEDLES in the essays read in reverse",
         },
         "seed": seed,
+        "cached_only": cached_only,
         "budget": budget,
         "l2": l2,
         "folds": folds,

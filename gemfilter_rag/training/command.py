@@ -43,6 +43,11 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
     )
     p.add_argument("--no-ablations", action="store_true", help="skip cross-validating the block ablations")
     p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="fit on the examples whose features are cached already (no pass: re-fitting takes seconds)",
+    )
+    p.add_argument(
         "--layers", type=int, nargs="+", default=None, help="candidate exit layers (default: 0..--max-layer)"
     )
     p.add_argument(
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from ..compressor import GemFilterCompressor
     from ..embeddings import minilm
     from ..profiles import Profile, find_profile, fingerprint
-    from . import BLOCKS, Sizes, build_examples, train_readout
+    from . import BLOCKS, Sizes, build_examples, interleave, train_readout
 
     if not 0 <= args.tolerance < 1:
         raise usage_error(f"--tolerance: {args.tolerance} must be within [0, 1)")
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         raise usage_error(f"--layers: {args.layers} must lie within 0..--max-layer ({max_layer})")
     embedder = None if args.no_embeddings else minilm()
     sizes = Sizes(args.hotpotqa, 0 if embedder is None else args.nq, args.squad, args.needles)
-    examples = build_examples(comp.tokenizer, embedder, sizes, seed=args.seed)
+    examples = interleave(build_examples(comp.tokenizer, embedder, sizes, seed=args.seed))
     readouts, report = train_readout(
         comp,
         examples,
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         seed=args.seed,
         blocks=blocks,
         ablations={} if args.no_ablations else None,
+        cached_only=args.cached_only,
         progress=lambda it: tqdm(it, desc="features", unit="question", file=sys.stderr),
         log=lambda line: print(line, file=sys.stderr),
     )

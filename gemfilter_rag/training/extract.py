@@ -96,8 +96,10 @@ def extract(
     cache: Path,
     embedder: Embedder | None = None,
     progress: Callable[[Any], Any] | None = None,
+    cached_only: bool = False,
 ) -> list[ExampleFeatures]:
-    """Features of every example that fits one pass of the model (longer ones are skipped)."""
+    """Features of every example that fits one pass of the model (longer ones are skipped); with
+    ``cached_only``, of the examples whose features are in ``cache`` already (no pass at all)."""
     probe = comp.with_options(filter_layer=max_layer, scorer="layer")
     heads = attention_heads(comp.model.config)
     cache.mkdir(parents=True, exist_ok=True)
@@ -107,6 +109,8 @@ def extract(
         path = cache / f"{cache_key(comp, max_layer, ex, embedder)}.pt"
         if path.exists():
             out.append(ExampleFeatures(**torch.load(path, weights_only=False)))
+            continue
+        if cached_only:
             continue
         (prompt,) = build_prompts(probe.plan, [(ex.documents, ex.question)])
         if comp.max_positions is not None and prompt.length > comp.max_positions:
