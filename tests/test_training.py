@@ -12,6 +12,7 @@ from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
 
 from gemfilter_rag import GemFilterCompressor, training
 from gemfilter_rag.answers import contains_answer
+from gemfilter_rag.features import LEXICAL
 from gemfilter_rag.readout import ReadoutSet
 from gemfilter_rag.training import TrainingReport, choose_layer, train_readout
 from gemfilter_rag.training.examples import (
@@ -184,10 +185,17 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
         "max": (u, channels),
         "sim_mean": (u, 3),
         "sim_max": (u, 3),
+        "key_mass": (u, channels),
+        "lexical": (u, len(LEXICAL)),
     }
     assert f.labels.any() and not f.labels.all()
     labelled = [t for t, y in zip(f.texts, f.labels.tolist(), strict=True) if y]
     assert any("Cambridge tells you" in t for t in labelled)
+    holds = [i for i, t in enumerate(f.texts) if "cambridge" in t.lower()]  # the rare term of the question
+    assert holds and f.raw["lexical"][:, 0].nonzero().flatten().tolist() == holds
+    assert not torch.equal(f.raw["key_mass"], f.raw["mass"])
+    plain = feats[2]  # "What do founders build?": no rare terms, so the key rows are the question's rows
+    assert plain.raw["lexical"].abs().sum() == 0 and torch.equal(plain.raw["key_mass"], plain.raw["mass"])
 
     def no_model(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("cached features must not run the model again")
@@ -206,6 +214,7 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
     assert readouts.layer == report.chosen_layer and set(readouts.variants) == {"attention"}
     assert readouts.provenance["examples"] == {"toy": 3, "toy2": 3}
     assert readouts.blocks == training.BLOCKS and readouts.uses_hidden  # every block by default
+    assert readouts.uses_key_attention and readouts.variants["attention"].uses_lexical
     assert set(report.ablations) == set(training.ABLATIONS)
     cv = cross_validate(again, readouts.layer, "attention", 1e-2, 16, folds=2)
     assert set(cv["answer_kept"]) == {"toy", "toy2", "all"}

@@ -30,7 +30,7 @@ from ..data import (
     long_context_eval_json,
 )
 from ..embeddings import Embedder
-from ..features import BLOCKS_V1, CHANNEL_BLOCKS, LAYER_BLOCKS
+from ..features import BLOCKS_V1, CHANNEL_BLOCKS, KEY_BLOCKS, LAYER_BLOCKS, TEXT_BLOCKS
 from ..loading import cache_dir
 from ..readout import ReadoutSet
 from .examples import Example, hotpot_examples, needle_examples, nq_examples, nq_passage, squad_examples
@@ -41,14 +41,17 @@ if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
 VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
-BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS
-"""The blocks a readout is trained on by default: every one the pass gives."""
+BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS
+"""The blocks a readout is trained on by default: every one the pass and the text give."""
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "mass+mean+doc (v1)": BLOCKS_V1,
     "+max": (*BLOCKS_V1, "max"),
     "+context": (*BLOCKS_V1, "doc_best", "prev_mass", "next_mass"),
     "+hidden": (*BLOCKS_V1, *LAYER_BLOCKS),
-    "all but hidden": CHANNEL_BLOCKS,
+    "+key_mass": (*BLOCKS_V1, *KEY_BLOCKS),
+    "+lexical": (*BLOCKS_V1, *TEXT_BLOCKS),
+    "all but hidden": CHANNEL_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS,
+    "all but lexical": CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS,
     "all": BLOCKS,
 }
 """Block sets cross-validated at the chosen layer, to show what each block adds."""
@@ -156,7 +159,7 @@ def train_readout(
 ) -> tuple[ReadoutSet, TrainingReport]:
     """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant.
 
-    ``blocks``: the feature blocks the readouts read (``features.CHANNEL_BLOCKS``, ``features.LAYER_BLOCKS``);
+    ``blocks``: the feature blocks the readouts read (``features.ALL_BLOCKS``; default ``BLOCKS``: all of them);
     ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none).
     """
     import time

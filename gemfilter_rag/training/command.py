@@ -38,8 +38,8 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
         "--blocks",
         nargs="+",
         default=None,
-        help="feature blocks the readout reads (default: all of gemfilter_rag.features.CHANNEL_BLOCKS and "
-        "LAYER_BLOCKS; 'mass mean doc_mass' is the first readouts' set)",
+        help="feature blocks the readout reads (default: all of gemfilter_rag.features.ALL_BLOCKS, the "
+        "lexical and key_mass blocks included; 'mass mean doc_mass' is the first readouts' set)",
     )
     p.add_argument("--no-ablations", action="store_true", help="skip cross-validating the block ablations")
 
