@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml integrations/haystack/pyproject.toml)
 
-.PHONY: venv wheels check-wheels bump demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-speed bench-serve calibrate clean
+.PHONY: venv wheels check-wheels bump demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-structured bench-speed bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-full: $(STAMP)  ## the standard run at issue 13's minimum sizes (5-6 h on 
 bench-needle: $(STAMP)  ## needle benchmark of every scoring and granularity (issue 4; hours on a CPU), then its report
 	$(BIN)/python -m benchmarks.needle
 	$(BIN)/python -m benchmarks.needle --report
+
+bench-structured: $(STAMP)  ## structured lookups (JSON, tables, logs, code): answer kept, whole identifiers; GemFilter vs RAG vs BM25
+	$(BIN)/python -m benchmarks.structured
 
 bench-speed: $(STAMP)  ## filter pass vs full prefill, and end-to-end generation, on the default model
 	$(BIN)/python -m benchmarks.speed

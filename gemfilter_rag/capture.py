@@ -292,6 +292,9 @@ class PassRecord:
     similarity: torch.Tensor | None = (
         None  # (L, T): each token's hidden state against the rows', at the input of layers 0..exit
     )
+    key_attention: torch.Tensor | None = (
+        None  # (L, H, T): the key rows' mean attention at layers 0..exit, as ``attention`` (None: not recorded)
+    )
 
 
 @contextmanager
@@ -302,6 +305,7 @@ def recording(
     lengths: Sequence[int],
     attention: bool,
     hidden: bool = False,
+    key_rows: Sequence[torch.Tensor] | None = None,
 ) -> Iterator[list[PassRecord]]:
     """Arm one pass of ``model``: the forward run inside the block stops in layer ``exit_layer``.
 
@@ -311,13 +315,19 @@ def recording(
     (reduced per layer as the pass goes: (H, T) per item, never T x T). With ``hidden`` the hidden state
     entering each layer ``0..exit_layer`` is reduced, as it goes, to every token's similarity with the
     rows' (``scoring.token_similarity``, (T,) per item and layer): the filter model's own embedding of
-    the question, at no extra cost. The model is left as it was, whatever happens inside the block.
+    the question, at no extra cost. With ``key_rows`` (K_i,) per item (``attention`` needed), a second mean
+    over those rows only is reduced the same way (``PassRecord.key_attention``): the question's rare-term
+    tokens, say; an item with no key rows gets the rows' own attention there. The model is left as it was,
+    whatever happens inside the block.
     """
     layers = decoder_layers(model)
     if not 0 <= exit_layer < len(layers):
         raise ValueError(f"filter_layer: {exit_layer} is outside this model's layers; use 0..{len(layers) - 1}.")
+    if key_rows is not None and (not attention or len(key_rows) != len(rows)):
+        raise ValueError("key_rows: need attention=True and one tensor of key rows per item (empty for none).")
     stacks: list[list[torch.Tensor]] = [[] for _ in rows]
     sims: list[list[torch.Tensor]] = [[] for _ in rows]
+    keyed: list[list[torch.Tensor]] = [[] for _ in rows]
 
     def on_hidden(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         states = args[0] if args else kwargs.get("hidden_states")
@@ -330,7 +340,13 @@ def recording(
         for i, r in enumerate(rows):
             q = cap.query[i : i + 1, :, r]  # (1, H, Q, D)
             k = cap.key[i : i + 1, :, : lengths[i]]  # (1, KV, T_i, D)
-            stacks[i].append(row_attention(q, k, r, cap.scaling, cap.sliding_window)[0].float())  # (H, T_i)
+            att = row_attention(q, k, r, cap.scaling, cap.sliding_window)[0].float()  # (H, T_i)
+            stacks[i].append(att)
+            if key_rows is not None:
+                kr = key_rows[i]  # (K_i,)
+                if kr.numel():
+                    att = row_attention(cap.query[i : i + 1, :, kr], k, kr, cap.scaling, cap.sliding_window)[0].float()
+                keyed[i].append(att)  # (H, T_i)
 
     record = {id(m): i for i in range(exit_layer) for m in layers[i].modules()} if attention else None
     armed = _Armed(
@@ -353,9 +369,10 @@ def recording(
         for i, r in enumerate(rows):
             att = torch.stack(stacks[i]).cpu() if attention else None  # (L, H, T_i)
             sim = torch.stack(sims[i]).cpu() if hidden else None  # (L, T_i)
+            key = torch.stack(keyed[i]).cpu() if key_rows is not None else None  # (L, H, T_i)
             q = cap.query[i : i + 1, :, r]  # (1, H, Q, D)
             k = cap.key[i : i + 1, :, : lengths[i]]  # (1, KV, T_i, D)
-            out.append(PassRecord(q, k, r, cap.scaling, cap.sliding_window, att, sim))
+            out.append(PassRecord(q, k, r, cap.scaling, cap.sliding_window, att, sim, key))
         return
     finally:
         _ARMED.reset(token)
@@ -375,8 +392,9 @@ def run_pass(
     lengths: Sequence[int],
     attention: bool,
     hidden: bool = False,
+    key_rows: Sequence[torch.Tensor] | None = None,
 ) -> list[PassRecord]:
     """One early-exit pass over right-padded ``input_ids`` (B, T) without a padding mask (see ``recording``)."""
-    with recording(model, exit_layer, rows, lengths, attention, hidden) as out:
+    with recording(model, exit_layer, rows, lengths, attention, hidden, key_rows) as out:
         model(input_ids=input_ids, attention_mask=None, use_cache=False)
     return out

@@ -1,7 +1,8 @@
 """``Evidence``: what one prompt brings beyond attention, for scorers that use it.
 
-The retriever's scores (relative to the best, ``features.relative_scores``) and an embedding model's
-similarity of each unit and document to the question, computed once per unit text, on demand.
+The retriever's scores (relative to the best, ``features.relative_scores``), an embedding model's
+similarity of each unit and document to the question, and how each unit's text holds the question's
+rare terms (``lexical.match_features``), computed once per unit text, on demand.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from .embeddings import Embedder
 from .features import relative_scores
+from .lexical import FEATURES, match_features
 from .prompt import FilterPrompt
 from .selection import Unit
 from .units import unit_text
@@ -34,6 +36,7 @@ class Evidence:
         self.embedder = embedder
         self._sim_doc: torch.Tensor | None = None
         self._sim_unit: dict[tuple[int, int, int], float] = {}
+        self._lexical: dict[tuple[int, int, int], torch.Tensor] = {}
         self.doc_starts = [0]
         """Context-token index of each document's first token (and the total at the end)."""
         for d in prompt.documents:
@@ -58,3 +61,16 @@ class Evidence:
             for k, s in zip(todo, self.embedder.similarities(self.query, texts).tolist(), strict=True):
                 self._sim_unit[k] = s
         return torch.tensor([self._sim_unit[k] for k in keys], dtype=torch.float64)
+
+    def lexical(self, units: Sequence[Unit], docs: Sequence[int]) -> torch.Tensor:
+        """(U, F) how each unit's text holds the query's rare terms (``lexical.match_features``, context-token
+        units); zeros for a query without rare terms."""
+        keys = [(d, a, b) for (a, b), d in zip(units, docs, strict=True)]
+        todo = sorted({k for k in keys if k not in self._lexical})
+        if todo:
+            texts = [unit_text(self.prompt, d, (a, b), self.doc_starts[d]) for d, a, b in todo]
+            for k, row in zip(todo, match_features(self.query, texts), strict=True):
+                self._lexical[k] = row
+        if not keys:
+            return torch.zeros(0, len(FEATURES), dtype=torch.float32)
+        return torch.stack([self._lexical[k] for k in keys])  # (U, F)

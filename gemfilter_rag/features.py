@@ -9,6 +9,11 @@ document block (``document_mass``) adds, for every layer and head, the mass on t
 document. Both are standardised within the prompt, so that a readout trained on one context length
 and one number of documents applies to another. The optional extras are raw, never standardised where near-equal
 inputs must stay near-equal (the retriever's scores, see ``relative_scores``).
+
+The text block (``TEXT_BLOCKS``: ``lexical.match_features`` of the question and the unit's text) is raw as
+well: its columns are 0/1 exact matches and shares in [0, 1] whose meaning does not depend on the prompt. A
+z-score would make "holds the key" worth more in a long prompt than in a short one (one matching unit of U
+gets about sqrt(U)), and a question without rare terms, whose columns are all zero, gets no lexical term at all.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .lexical import FEATURES as LEXICAL
 from .selection import Unit
 
 EPS = 1e-8
@@ -29,11 +35,20 @@ CHANNEL_BLOCKS = ("mass", "mean", "doc_mass", "max", "doc_best", "prev_mass", "n
 """Blocks of C = L * H columns (one per layer and head): the unit's log attention mass, log mean and log
 maximum; its document's log mass and the log mass of the document's best unit; the log mass of the
 unit before and after it in its document (the prompt's lowest value at a document's edge)."""
+KEY_BLOCKS = ("key_mass",)
+"""Blocks of C columns from the attention of the question's rare-term tokens only
+(``capture.PassRecord.key_attention``: the rows that name what the question looks up, ``lexical.term_spans``):
+the unit's log mass under it. Without rare terms it is the rows' own attention, so the block equals ``mass``."""
 LAYER_BLOCKS = ("sim_mean", "sim_max", "sim_doc")
 """Blocks of L columns (one per layer): the filter model's own hidden-state similarity of the unit's tokens
 to the question's (``scoring.token_similarity``), their mean and maximum, and the mean over its document."""
+TEXT_BLOCKS = ("lexical",)
+"""Blocks read from the text, not the pass: ``lexical``, the ``lexical.FEATURES`` columns (``LEXICAL``) of how
+the unit's text holds the question's rare terms, raw (not standardised: see the module's docstring)."""
 BLOCKS_V1 = ("mass", "mean", "doc_mass")
 """The blocks of readouts trained before the hidden-state and context blocks existed."""
+ALL_BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS
+"""Every block name a readout may read."""
 SHAPE = ("log_length", "position")
 """Extras every readout uses: the unit's length in tokens (log) and the relative position of its middle."""
 RETRIEVER = ("retriever",)
@@ -145,12 +160,20 @@ def similarity_features(similarity: torch.Tensor, units: Sequence[Unit]) -> tupl
 
 
 def raw_blocks(
-    attention: torch.Tensor, similarity: torch.Tensor | None, units: Sequence[Unit], hidden: bool
+    attention: torch.Tensor,
+    similarity: torch.Tensor | None,
+    units: Sequence[Unit],
+    hidden: bool,
+    *,
+    key_attention: torch.Tensor | None = None,
+    lexical: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """What the readout's blocks are derived from, per unit, before any standardising.
 
-    attention: (L, H, N); similarity: (L, N) (needed when ``hidden``). Returns ``"mass"``, ``"mean"`` and
-    ``"max"`` (U, C), and with ``hidden`` ``"sim_mean"`` and ``"sim_max"`` (U, L). Training caches these
+    attention: (L, H, N); similarity: (L, N) (needed when ``hidden``); key_attention: (L, H, N), the rare-term
+    rows' attention; lexical: (U, F) ``lexical.match_features`` of the units' texts. Returns ``"mass"``,
+    ``"mean"`` and ``"max"`` (U, C), with ``hidden`` ``"sim_mean"`` and ``"sim_max"`` (U, L), with
+    ``key_attention`` ``"key_mass"`` (U, C) and with ``lexical`` ``"lexical"`` (U, F). Training caches these
     for many layers and slices them (``slice_layers``) to try fewer.
     """
     both = attention_features(attention, units)  # (U, 2C)
@@ -160,14 +183,33 @@ def raw_blocks(
         if similarity is None:
             raise ValueError("similarity: the readout reads hidden states but the pass did not record them.")
         out["sim_mean"], out["sim_max"] = similarity_features(similarity, units)
+    if key_attention is not None:
+        out["key_mass"] = key_mass(key_attention, units)
+    if lexical is not None:
+        if lexical.shape != (len(units), len(LEXICAL)):
+            raise ValueError(f"lexical: shape {tuple(lexical.shape)}; expected ({len(units)}, {len(LEXICAL)}).")
+        out["lexical"] = lexical.float()
     return out
+
+
+def key_mass(key_attention: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
+    """Log attention mass of each unit under the rare-term rows' attention, per layer and head.
+
+    key_attention: (L, H, N). Returns (U, C) float32, columns layer-major as in ``attention_features``.
+    """
+    layers, heads, n = key_attention.shape
+    per_token = key_attention.reshape(layers * heads, n).T  # (N, C)
+    return torch.log(unit_sums(per_token, units).clamp_min(0.0) + EPS).float()  # (U, C)
 
 
 def slice_layers(raw: dict[str, torch.Tensor], heads: int, layers: int) -> dict[str, torch.Tensor]:
     """``raw_blocks`` of layers ``0..layers-1`` out of blocks built from more layers."""
     out = {}
     for name, x in raw.items():
-        keep = layers * heads if name in CHANNEL_BLOCKS else layers
+        if name in TEXT_BLOCKS:  # no layers
+            out[name] = x
+            continue
+        keep = layers * heads if name in CHANNEL_BLOCKS + KEY_BLOCKS else layers
         if keep > x.shape[1]:
             raise ValueError(
                 f"layers: {layers} layers need {keep} columns of {name!r} but the features hold {x.shape[1]}."
@@ -213,9 +255,12 @@ def document_mean(values: torch.Tensor, units: Sequence[Unit], unit_docs: torch.
 def derived_block(
     name: str, raw: dict[str, torch.Tensor], units: Sequence[Unit], unit_docs: torch.Tensor
 ) -> torch.Tensor:
-    """One named block (``CHANNEL_BLOCKS`` or ``LAYER_BLOCKS``) from ``raw_blocks``, unstandardised."""
+    """One named block (of ``ALL_BLOCKS``) from ``raw_blocks``, unstandardised."""
     if name in raw:
         return raw[name]
+    if name in ("key_mass", "lexical"):
+        given = "key_attention" if name == "key_mass" else "lexical"
+        raise ValueError(f"blocks: {name!r} is read from raw_blocks(..., {given}=...), which was not given.")
     if name == "doc_mass":
         both = torch.cat([raw["mass"], raw["mean"]], dim=1)
         return document_mass(both, unit_docs)
@@ -225,7 +270,7 @@ def derived_block(
         return neighbours(raw["mass"], unit_docs, -1 if name == "prev_mass" else 1)
     if name == "sim_doc":
         return document_mean(raw["sim_mean"], units, unit_docs)
-    raise ValueError(f"blocks: unknown block {name!r}; use names from {CHANNEL_BLOCKS + LAYER_BLOCKS}.")
+    raise ValueError(f"blocks: unknown block {name!r}; use names from {ALL_BLOCKS}.")
 
 
 def block_features(
@@ -238,16 +283,20 @@ def block_features(
     sim_unit: torch.Tensor | None = None,
     sim_doc: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """The readout's input: every block of ``blocks`` standardised within the prompt, in order, then the
-    extras as in ``combine``. ``BLOCKS_V1`` gives exactly ``combine``'s columns."""
-    cols = [standardise(derived_block(b, raw, units, unit_docs).float()) for b in blocks]
+    """The readout's input: every block of ``blocks`` in order, standardised within the prompt (``TEXT_BLOCKS``
+    raw), then the extras as in ``combine``. ``BLOCKS_V1`` gives exactly ``combine``'s columns."""
+    cols = []
+    for b in blocks:
+        block = derived_block(b, raw, units, unit_docs).float()
+        cols.append(block if b in TEXT_BLOCKS else standardise(block))
     extra, names = extra_columns(units, n_context, unit_docs, retriever, sim_unit, sim_doc)
     return torch.cat([*cols, extra], dim=1), names
 
 
 def block_columns(blocks: Sequence[str], layers: int, heads: int) -> int:
     """How many columns ``blocks`` take at ``layers`` layers of ``heads`` heads."""
-    return sum(layers * heads if b in CHANNEL_BLOCKS else layers for b in blocks)
+    widths = {**dict.fromkeys(CHANNEL_BLOCKS + KEY_BLOCKS, layers * heads), **dict.fromkeys(TEXT_BLOCKS, len(LEXICAL))}
+    return sum(widths.get(b, layers) for b in blocks)
 
 
 def relative_scores(document_scores: Sequence[float]) -> torch.Tensor:
@@ -274,21 +323,31 @@ def unit_features(
     retriever: torch.Tensor | None = None,
     sim_unit: torch.Tensor | None = None,
     sim_doc: torch.Tensor | None = None,
+    key_attention: torch.Tensor | None = None,
+    lexical: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """Every feature of every unit, and the names of the extra columns.
 
     attention: (L, H, N); similarity: (L, N) hidden-state similarities (for ``LAYER_BLOCKS``); unit_docs:
     (U,) document index of each unit; retriever: (D,) from ``relative_scores``; sim_unit: (U,) and
-    sim_doc: (D,) embedding similarities to the query. Returns ((U, F), extra names): the standardised
-    ``blocks`` (``BLOCKS_V1``: the attention block (2C) and document block (C)), then ``SHAPE``, then
-    ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
+    sim_doc: (D,) embedding similarities to the query; key_attention: (L, H, N) the rare-term rows'
+    attention (for ``key_mass``); lexical: (U, F) ``lexical.match_features`` (for ``TEXT_BLOCKS``). Returns
+    ((U, F), extra names): the ``blocks`` (``BLOCKS_V1``: the attention block (2C) and document block (C)),
+    then ``SHAPE``, then ``RETRIEVER`` and ``EMBEDDING`` columns for the inputs given.
     """
     n_context = int(attention.shape[-1])
     if tuple(blocks) == BLOCKS_V1:
         raw = attention_features(attention, units)  # (U, 2C)
         return combine(raw, units, n_context, unit_docs, retriever, sim_unit, sim_doc)
     hidden = any(b in LAYER_BLOCKS for b in blocks)
-    found = raw_blocks(attention, similarity, units, hidden)
+    found = raw_blocks(
+        attention,
+        similarity,
+        units,
+        hidden,
+        key_attention=key_attention if "key_mass" in blocks else None,
+        lexical=lexical if "lexical" in blocks else None,
+    )
     return block_features(found, blocks, units, n_context, unit_docs, retriever, sim_unit, sim_doc)
 
 

@@ -79,6 +79,7 @@ class FilterModel:
         exit_layer: int,
         attention: bool,
         hidden: bool = False,
+        key_rows: Sequence[torch.Tensor] | None = None,
     ) -> list[PassRecord]:
         """One filter pass over several prompts: ``inputs`` are (ids (T_i,), scoring rows (Q_i,)) pairs.
 
@@ -89,11 +90,13 @@ class FilterModel:
         its causal kernel (on a 2-core CPU a masked batch of 8 prompts of 1.6K tokens took 13.4 s, the
         same batch unmasked 10.0 s, one by one 11.0 s). With ``attention`` the rows' attention at every
         layer ``0..exit_layer`` is recorded too (``PassRecord.attention``); with ``hidden``, every token's
-        hidden-state similarity to the rows' at the input of those layers (``PassRecord.similarity``).
+        hidden-state similarity to the rows' at the input of those layers (``PassRecord.similarity``); with
+        ``key_rows`` (K_i,) per item, the mean attention of those rows too (``PassRecord.key_attention``).
         """
         device = self.device
         lengths = [int(ids.shape[0]) for ids, _ in inputs]
         rows = [r.to(device) for _, r in inputs]
+        keys = [r.to(device) for r in key_rows] if key_rows is not None else None
         longest = max(lengths)
         memory.check_pass(
             self.model,
@@ -101,7 +104,7 @@ class FilterModel:
             max(int(r.numel()) for r in rows),
             batch=len(inputs),
             device=device,
-            recorded_layers=exit_layer + 1 if attention else 0,
+            recorded_layers=(exit_layer + 1) * (2 if keys is not None else 1) if attention else 0,
         )
         if len(inputs) == 1:
             ids = inputs[0][0][None]  # (1, T)
@@ -109,7 +112,7 @@ class FilterModel:
             ids = torch.full((len(inputs), longest), self.pad_id, dtype=torch.long)  # (B, T)
             for i, (x, _) in enumerate(inputs):
                 ids[i, : x.shape[0]] = x
-        return capture.run_pass(self.model, ids.to(device), exit_layer, rows, lengths, attention, hidden)
+        return capture.run_pass(self.model, ids.to(device), exit_layer, rows, lengths, attention, hidden, keys)
 
     @property
     def pad_id(self) -> int:

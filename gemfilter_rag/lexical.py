@@ -37,12 +37,27 @@ _COMMON = frozenset(
 """Long words too common to be worth a lookup."""
 
 
+def term_spans(question: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of every rare term of ``question``, in order, repeats included
+    (``rare_terms`` gives each term once): where the question names what it looks up."""
+    return [(a, b) for a, b, _ in _found(question)]
+
+
 def rare_terms(question: str) -> list[str]:
     """The strings of ``question`` worth an exact lookup, in order of appearance, each once: quoted
     strings, UUIDs, IDs and codes (``E-12345``, ``ABC123``), snake_case and CamelCase identifiers,
     numbers, and long words (9 letters or more) that are not common."""
+    out: list[str] = []
+    for _, _, term in _found(question):
+        if term not in out:
+            out.append(term)
+    return out
+
+
+def _found(question: str) -> list[tuple[int, int, str]]:
+    """(start, end, term) of every match of the rules, in order of start; a term is stripped of spaces."""
     taken = [False] * len(question)
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, int, str]] = []
     for rule in _RULES:
         for m in rule.finditer(question):
             group = next((g for g in range(1, (m.lastindex or 0) + 1) if m.group(g)), 0)
@@ -51,12 +66,14 @@ def rare_terms(question: str) -> list[str]:
             if not term or any(taken[a:b]) or term.lower() in _COMMON:
                 continue
             taken[a:b] = [True] * (b - a)
-            found.append((a, term))
-    out: list[str] = []
-    for _, term in sorted(found):
-        if term not in out:
-            out.append(term)
-    return out
+            lead = len(question[a:b]) - len(question[a:b].lstrip())
+            found.append((a + lead, a + lead + len(term), term))
+    return sorted(found)
+
+
+def token_hits(token_spans: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Indices of the tokens (character spans ``token_spans``, in order) that overlap any of ``spans``."""
+    return [i for i, (a, b) in enumerate(token_spans) if any(a < e and s < b for s, e in spans)]
 
 
 def _longest_common(term: str, text: str) -> int:

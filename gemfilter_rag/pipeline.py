@@ -23,10 +23,11 @@ from .config import GemFilterConfig, check_top_k
 from .embeddings import Embedder
 from .evidence import Evidence
 from .filter_model import FilterModel
+from .lexical import term_spans, token_hits
 from .prior import add_prior, check_document_scores, share_budget
-from .prompt import FilterPrompt, build_prompt
+from .prompt import FilterPrompt, build_prompt, query_token_spans
 from .result import CompressionResult
-from .scorers import SEPARATOR, Scorer, Scores, Target, records_hidden, unit_sums
+from .scorers import SEPARATOR, Scorer, Scores, Target, records_hidden, records_key_attention, unit_sums
 from .scoring import query_positions
 from .selection import Unit, select_ranked, select_tokens, unit_scores
 from .units import PromptUnits, prompt_units
@@ -78,16 +79,36 @@ def scoring_rows(plan: Plan, prompt: FilterPrompt) -> torch.Tensor:
     return query_positions(prompt.length, prompt.query_start, plan.scorer.rows)
 
 
+def key_rows(plan: Plan, prompt: FilterPrompt, query: str) -> torch.Tensor:
+    """(K,) positions of the prompt's question tokens that overlap a rare term of ``query``
+    (``lexical.term_spans``): the rows whose attention ``PassRecord.key_attention`` records. Empty
+    when the question has no rare terms (the pass then records the scoring rows' attention there)."""
+    spans = term_spans(query)
+    if not spans:
+        return torch.empty(0, dtype=torch.long)
+    hits = token_hits(query_token_spans(plan.model.tokenizer, query), spans)
+    positions = [prompt.query_start + i for i in hits if prompt.query_start + i < prompt.length]
+    return torch.tensor(positions, dtype=torch.long)
+
+
 def whole_target(prompt: FilterPrompt, units: PromptUnits) -> Target:
     """The target of a prompt scored in one pass: all its context tokens and units."""
     flat = units.units
     return Target(prompt.context_positions(), flat, units.documents, flat)
 
 
-def run_pass(plan: Plan, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[PassRecord]:
-    """One filter pass over (ids (T_i,), rows (Q_i,)) pairs, recording what the plan's scorer reads."""
+def run_pass(
+    plan: Plan, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]], keys: Sequence[torch.Tensor] | None = None
+) -> list[PassRecord]:
+    """One filter pass over (ids (T_i,), rows (Q_i,)) pairs, recording what the plan's scorer reads; ``keys``
+    (K_i,) per item are the key rows (``key_rows``) of a scorer that reads them (ignored for any other)."""
     scorer = plan.scorer
-    return plan.model.run(inputs, scorer.layer, scorer.attention, records_hidden(scorer))
+    keyed = keys if records_key_attention(scorer) else None
+    if records_key_attention(scorer) and keyed is None:
+        raise ValueError("keys: the scorer reads the key rows' attention; pass key_rows() of every item.")
+    if keyed is None:  # the call as before key rows existed
+        return plan.model.run(inputs, scorer.layer, scorer.attention, records_hidden(scorer))
+    return plan.model.run(inputs, scorer.layer, scorer.attention, records_hidden(scorer), key_rows=keyed)
 
 
 def score_prompt(plan: Plan, prompt: FilterPrompt, units: PromptUnits, evidence: Evidence) -> Scores:
@@ -97,7 +118,8 @@ def score_prompt(plan: Plan, prompt: FilterPrompt, units: PromptUnits, evidence:
         score, prefilter = window_scorer(plan, prompt, evidence)
         tokens = score_in_windows(prompt, plan.window_size or limit, plan.scorer.rows, score, prefilter=prefilter)
         return Scores(tokens, unit_scores(tokens, units.units).double())
-    (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))])
+    keys = [key_rows(plan, prompt, evidence.query)] if records_key_attention(plan.scorer) else None
+    (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))], keys)
     return plan.scorer.score(record, whole_target(prompt, units), evidence)
 
 
@@ -108,6 +130,8 @@ def window_scorer(plan: Plan, prompt: FilterPrompt, evidence: Evidence) -> tuple
     # region index (context region, separators included) of each document's first token
     region_starts = [o - c0 for o in prompt.doc_offsets]
     ctx_starts = evidence.doc_starts
+    # the question closes every window as it closes the prompt: a key row keeps its distance to the end
+    keys = key_rows(plan, prompt, evidence.query) - prompt.length if records_key_attention(plan.scorer) else None
 
     def locate(unit: Unit) -> tuple[int, Unit] | None:
         """(document, unit in context-token indices) of a region unit, None for a separator."""
@@ -120,7 +144,7 @@ def window_scorer(plan: Plan, prompt: FilterPrompt, evidence: Evidence) -> tuple
     def score(
         ids: torch.Tensor, rows: torch.Tensor, ctx_start: int, local: list[Unit], region: list[Unit]
     ) -> torch.Tensor:
-        (record,) = run_pass(plan, [(ids, rows)])
+        (record,) = run_pass(plan, [(ids, rows)], [keys + int(ids.numel())] if keys is not None else None)
         n = local[-1][1] if local else 0
         found = [locate(u) for u in region]
         target = Target(
@@ -229,7 +253,8 @@ def compress_prompts(
         group = short[s : s + batch_size]
         t0 = time.perf_counter()
         inputs = [(prompts[i].input_ids, scoring_rows(plan, prompts[i])) for i in group]
-        records = run_pass(plan, inputs)
+        keys = [key_rows(plan, prompts[i], queries[i]) for i in group] if records_key_attention(plan.scorer) else None
+        records = run_pass(plan, inputs, keys)
         for i, record in zip(group, records, strict=True):
             scores[i] = plan.scorer.score(record, whole_target(prompts[i], units[i]), evidence[i])
         elapsed = time.perf_counter() - t0
@@ -310,6 +335,7 @@ __all__ = [
     "compress_prompts",
     "evidence_for",
     "keep_tokens",
+    "key_rows",
     "score_prompt",
     "scoring_rows",
     "select",

@@ -130,6 +130,21 @@ def _plain_text_backend(tokenizer: Any, text: str) -> Any | None:
     return cached[3]
 
 
+def query_token_spans(tokenizer: Any, query: str) -> list[tuple[int, int]]:
+    """The character span of each token of ``query`` as ``build_prompt`` tokenizes it (the same call, with
+    offsets): token i of the query sits at position ``query_start + i`` of the prompt."""
+    if not query:
+        return []
+    try:
+        enc = tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as err:
+        raise ValueError(
+            "tokenizer: it cannot return character offsets (return_offsets_mapping); GemFilter needs a "
+            "fast tokenizer: load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        ) from err
+    return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+
 def build_prompt(
     tokenizer: Any, documents: Sequence[str], query: str, *, separator: str, template: str, use_chat_template: bool
 ) -> FilterPrompt:

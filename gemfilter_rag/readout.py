@@ -15,7 +15,17 @@ from typing import Any
 
 import torch
 
-from .features import BLOCKS_V1, CHANNEL_BLOCKS, EMBEDDING, LAYER_BLOCKS, RETRIEVER, SHAPE, block_columns
+from .features import (
+    ALL_BLOCKS,
+    BLOCKS_V1,
+    EMBEDDING,
+    KEY_BLOCKS,
+    LAYER_BLOCKS,
+    RETRIEVER,
+    SHAPE,
+    TEXT_BLOCKS,
+    block_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +33,9 @@ class Readout:
     """One linear readout: ``logit = features @ weights + bias`` over units.
 
     ``weights`` cover the ``blocks`` of layers ``0..layer`` (``features.block_columns``: ``(layer + 1) *
-    heads`` columns for a block of ``features.CHANNEL_BLOCKS``, ``layer + 1`` for one of
-    ``features.LAYER_BLOCKS``; ``features.unit_features``) followed by ``extras``, in that order.
+    heads`` columns for a block of ``features.CHANNEL_BLOCKS`` or ``KEY_BLOCKS``, ``layer + 1`` for one of
+    ``features.LAYER_BLOCKS``, ``len(features.LEXICAL)`` for ``features.TEXT_BLOCKS``;
+    ``features.unit_features``) followed by ``extras``, in that order.
     """
 
     layer: int
@@ -35,9 +46,9 @@ class Readout:
     blocks: tuple[str, ...] = BLOCKS_V1
 
     def __post_init__(self) -> None:
-        unknown = [b for b in self.blocks if b not in CHANNEL_BLOCKS + LAYER_BLOCKS]
+        unknown = [b for b in self.blocks if b not in ALL_BLOCKS]
         if unknown or len(set(self.blocks)) != len(self.blocks):
-            raise ValueError(f"blocks: {list(self.blocks)} must be distinct names of {CHANNEL_BLOCKS + LAYER_BLOCKS}.")
+            raise ValueError(f"blocks: {list(self.blocks)} must be distinct names of {ALL_BLOCKS}.")
         expected = block_columns(self.blocks, self.layer + 1, self.heads) + len(self.extras)
         if len(self.weights) != expected:
             raise ValueError(
@@ -59,6 +70,16 @@ class Readout:
     def uses_hidden(self) -> bool:
         """Whether it reads the filter model's hidden-state similarities (``features.LAYER_BLOCKS``)."""
         return any(b in LAYER_BLOCKS for b in self.blocks)
+
+    @property
+    def uses_key_attention(self) -> bool:
+        """Whether it reads the rare-term rows' attention (``key_mass``, ``capture.PassRecord.key_attention``)."""
+        return any(b in KEY_BLOCKS for b in self.blocks)
+
+    @property
+    def uses_lexical(self) -> bool:
+        """Whether it reads the units' texts against the question (``features.TEXT_BLOCKS``)."""
+        return any(b in TEXT_BLOCKS for b in self.blocks)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(U, F) features, columns as in ``features.unit_features`` -> (U,) logits."""
@@ -101,6 +122,11 @@ class ReadoutSet:
     def uses_hidden(self) -> bool:
         """Whether a pass for it records hidden-state similarities."""
         return any(v.uses_hidden for v in self.variants.values())
+
+    @property
+    def uses_key_attention(self) -> bool:
+        """Whether a pass for it records the rare-term rows' attention (``capture.PassRecord.key_attention``)."""
+        return any(v.uses_key_attention for v in self.variants.values())
 
     def choose(self, retriever: bool, embeddings: bool) -> Readout:
         """The richest variant whose inputs are all available."""

@@ -58,3 +58,16 @@ def test_match_features_counts_terms_and_ignores_case() -> None:
 def test_match_features_without_terms_or_units() -> None:
     assert match_features("How?", ["a", "b"]).tolist() == [[0.0] * len(FEATURES)] * 2
     assert match_features("What is E-1?", []).shape == (0, len(FEATURES))
+
+
+def test_term_spans_locate_every_occurrence_and_token_hits_find_their_tokens() -> None:
+    from gemfilter_rag.lexical import term_spans, token_hits
+
+    q = 'Is "E-12345" the same as E-12345 or 2005?'
+    spans = term_spans(q)
+    assert [q[a:b] for a, b in spans] == ["E-12345", "E-12345", "2005"]  # repeats kept, quotes dropped
+    assert term_spans("How many are there?") == []
+    tokens = [(0, 2), (2, 5), (5, 6), (6, 9), (9, 13)]
+    assert token_hits(tokens, [(4, 7)]) == [1, 2, 3]
+    assert token_hits(tokens, [(0, 1), (12, 20)]) == [0, 4]
+    assert token_hits(tokens, []) == []

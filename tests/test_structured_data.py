@@ -133,3 +133,30 @@ def test_the_chunks_are_detected_as_their_kind(kind: str) -> None:
     expected = {"json": "json", "markdown": "markdown", "csv": "csv", "logs": "logs", "code": "code"}[kind]
     for seed in range(3):
         assert {detect_kind(d) for d in make_case(kind, seed, "train").documents} == {expected}
+
+
+def test_the_benchmark_reads_the_generator_of_the_library() -> None:
+    import benchmarks.structured_data as bench
+    from gemfilter_rag.training import structured
+
+    assert bench.make_case is structured.make_case and bench.TRAIN_SEEDS is structured.TRAIN_SEEDS
+    assert all(getattr(bench, name) is getattr(structured, name) for name in bench.__all__)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gold_span_is_the_gold_item(kind: str) -> None:
+    from benchmarks.structured_data import gold_span
+
+    for seed in range(4):
+        case = make_case(kind, seed, "train", depth=seed / 3)
+        a, b = gold_span(case)
+        text = case.documents[case.gold_document][a:b]
+        assert case.answer in text
+        if kind == "code":
+            name = re.search(r"function (\w+) return", case.question).group(1)  # type: ignore[union-attr]
+            last = text.splitlines()[-1]
+            assert text.startswith(f"def {name}(") and last.strip().startswith("return") and case.answer in last
+        else:
+            assert "\n" not in text  # one line: the pair, the row, the log line
+            looked_up = re.search(r'"([0-9a-f-]{36})"|(SKU-\d+)|(E-\d{5})', case.question)
+            assert looked_up is not None and looked_up.group(looked_up.lastindex or 0) in text

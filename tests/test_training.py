@@ -12,6 +12,7 @@ from tinymodels import TRAINING_TEXT, build_model, build_tokenizer
 
 from gemfilter_rag import GemFilterCompressor, training
 from gemfilter_rag.answers import contains_answer
+from gemfilter_rag.features import LEXICAL
 from gemfilter_rag.readout import ReadoutSet
 from gemfilter_rag.training import TrainingReport, choose_layer, train_readout
 from gemfilter_rag.training.examples import (
@@ -184,10 +185,17 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
         "max": (u, channels),
         "sim_mean": (u, 3),
         "sim_max": (u, 3),
+        "key_mass": (u, channels),
+        "lexical": (u, len(LEXICAL)),
     }
     assert f.labels.any() and not f.labels.all()
     labelled = [t for t, y in zip(f.texts, f.labels.tolist(), strict=True) if y]
     assert any("Cambridge tells you" in t for t in labelled)
+    holds = [i for i, t in enumerate(f.texts) if "cambridge" in t.lower()]  # the rare term of the question
+    assert holds and f.raw["lexical"][:, 0].nonzero().flatten().tolist() == holds
+    assert not torch.equal(f.raw["key_mass"], f.raw["mass"])
+    plain = feats[2]  # "What do founders build?": no rare terms, so the key rows are the question's rows
+    assert plain.raw["lexical"].abs().sum() == 0 and torch.equal(plain.raw["key_mass"], plain.raw["mass"])
 
     def no_model(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("cached features must not run the model again")
@@ -206,6 +214,7 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
     assert readouts.layer == report.chosen_layer and set(readouts.variants) == {"attention"}
     assert readouts.provenance["examples"] == {"toy": 3, "toy2": 3}
     assert readouts.blocks == training.BLOCKS and readouts.uses_hidden  # every block by default
+    assert readouts.uses_key_attention and readouts.variants["attention"].uses_lexical
     assert set(report.ablations) == set(training.ABLATIONS)
     cv = cross_validate(again, readouts.layer, "attention", 1e-2, 16, folds=2)
     assert set(cv["answer_kept"]) == {"toy", "toy2", "all"}
@@ -229,22 +238,48 @@ def test_train_readout_command_on_a_tiny_model(tmp_path: Path, monkeypatch: pyte
     build_tokenizer().save_pretrained(model_dir)
     import gemfilter_rag.training as training
 
-    monkeypatch.setattr(training, "build_examples", lambda tok, emb, sizes, seed=0: _examples())
+    seen: list[Any] = []
+    monkeypatch.setattr(training, "build_examples", lambda tok, emb, sizes, seed=0: seen.append(sizes) or _examples())
     monkeypatch.setenv("GEMFILTER_CACHE", str(tmp_path / "cache"))
     from gemfilter_rag.cli import main
 
     out = tmp_path / "out"
     code = main(
         ["train-readout", "--model", str(model_dir), "--out", str(out), "--no-embeddings", "--max-layer", "1"]
-        + ["--folds", "2", "--budget", "16", "--name", "Tiny Qwen"]
+        + ["--folds", "2", "--budget", "16", "--name", "Tiny Qwen", "--structured", "5"]
     )
-    assert code == 0
+    assert code == 0 and seen[0].structured == 5
     profile = json.loads((out / "tiny-qwen.json").read_text())
     assert profile["name"] == "Tiny Qwen" and profile["readout"]["layer"] == profile["defaults"]["filter_layer"] <= 1
     assert profile["source"].startswith("trained: gemfilter train-readout")
     report = json.loads((out / "tiny-qwen.report.json").read_text())
     assert set(report["per_layer"]) == {"0", "1"}
     assert main(["train-readout", "--model", str(model_dir), "--max-layer", "9"]) == 2  # outside the model
+    assert main(["train-readout", "--model", str(model_dir), "--structured", "-1"]) == 2
+
+
+def test_structured_examples_draw_training_seeds_and_label_the_gold_item() -> None:
+    from gemfilter_rag.training import Sizes, build_examples
+    from gemfilter_rag.training.examples import STRUCTURED_KINDS, structured_examples
+    from gemfilter_rag.training.structured import TRAIN_SEEDS
+
+    examples = structured_examples(14, seed=3)
+    assert examples == structured_examples(14, seed=3) and examples != structured_examples(14, seed=4)
+    seeds = [e.meta["seed"] for e in examples]
+    assert len(set(seeds)) == 14 and all(s in TRAIN_SEEDS for s in seeds)
+    kinds = [e.meta["kind"] for e in examples]
+    assert kinds[:7] == ["json-25", "json-75", "json-140", "markdown", "csv", "logs", "code"] == kinds[7:]
+    assert len(STRUCTURED_KINDS) == 7
+    for e in examples:
+        ((d, a, b),) = e.positives
+        assert e.source == "structured" and e.answers[0] in e.documents[d][a:b]
+        assert sum(doc.count(e.answers[0]) for doc in e.documents) == 1
+        assert contains_answer(e.documents[d][a:b], e.answers)  # what training judges survival by
+    assert [e.id for e in build_examples(None, None, Sizes(0, 0, 0, 0, structured=7), seed=3)] == [
+        e.id for e in examples[:7]
+    ]
+    with pytest.raises(ValueError, match="n"):
+        structured_examples(-1)
 
 
 def test_interleave_keeps_every_source_in_proportion() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ..config import GemFilterConfig
 from ..filter_model import FilterModel
 from ..profiles import attention_heads
-from .base import SEPARATOR, Scorer, Scores, Target, records_hidden, unit_sums
+from .base import SEPARATOR, Scorer, Scores, Target, records_hidden, records_key_attention, unit_sums
 from .layer import LayerScorer
 from .paper import paper_scorer
 from .readout import ReadoutScorer
@@ -108,6 +108,7 @@ __all__ = [
     "Target",
     "paper_scorer",
     "records_hidden",
+    "records_key_attention",
     "register_scorer",
     "registered",
     "resolve",

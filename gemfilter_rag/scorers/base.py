@@ -77,6 +77,12 @@ def records_hidden(scorer: Scorer) -> bool:
     return bool(getattr(scorer, "hidden", False))
 
 
+def records_key_attention(scorer: Scorer) -> bool:
+    """Whether the scorer's pass records the attention of the question's rare-term tokens as well
+    (``PassRecord.key_attention``): an optional ``key_attention`` attribute a scorer may have (absent: no)."""
+    return bool(getattr(scorer, "key_attention", False))
+
+
 def unit_sums(tokens: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
     """Summed token scores (N,) of each unit: (U,) float64 (the unit value of a token scorer)."""
     return unit_scores(tokens, units).double()

@@ -2,8 +2,11 @@
 
 Features per unit come from the question's recorded attention (``features.unit_features``), plus the
 retriever's scores and embedding similarities when the evidence has them; the variant is the richest
-one whose inputs are all there. Unit values are the readout's logits; each token gets an equal part
-of ``exp(logit - max)``; separators between documents (windows) get nothing.
+one whose inputs are all there. A readout with ``key_mass`` has its pass record the attention of the
+question's rare-term tokens (``key_attention``); one with the ``lexical`` block matches the question's
+rare terms in the units' texts, which the evidence holds (``Evidence.lexical``). Unit values are the
+readout's logits; each token gets an equal part of ``exp(logit - max)``; separators between documents
+(windows) get nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class ReadoutScorer:
         """Whether the pass records hidden-state similarities (``PassRecord.similarity``) for the readout."""
         return self.readouts.uses_hidden
 
+    @property
+    def key_attention(self) -> bool:
+        """Whether the pass records the rare-term rows' attention (``PassRecord.key_attention``) for the readout."""
+        return self.readouts.uses_key_attention
+
     def choose(self, evidence: Evidence) -> Readout:
         """The variant for the inputs this prompt has (retriever scores, an embedding model)."""
         return self.readouts.choose(retriever=evidence.retriever is not None, embeddings=evidence.embedder is not None)
@@ -56,6 +64,11 @@ class ReadoutScorer:
         if readout.uses_hidden:
             assert record.similarity is not None, "the pass did not record the hidden-state similarities"
             similarity = record.similarity[: readout.layer + 1, target.positions]  # (L, N)
+        key_attention = None
+        if readout.uses_key_attention:
+            assert record.key_attention is not None, "the pass did not record the key rows' attention"
+            key_attention = record.key_attention[: readout.layer + 1, :, target.positions]  # (L, H, N)
+        spans = [target.spans[i] for i in keep]
         x, names = unit_features(
             attention,
             units,
@@ -63,8 +76,10 @@ class ReadoutScorer:
             similarity=similarity,
             blocks=readout.blocks,
             retriever=evidence.retriever if readout.uses_retriever else None,
-            sim_unit=evidence.sim_units([target.spans[i] for i in keep], docs) if readout.uses_embeddings else None,
+            sim_unit=evidence.sim_units(spans, docs) if readout.uses_embeddings else None,
             sim_doc=evidence.sim_doc() if readout.uses_embeddings else None,
+            key_attention=key_attention,
+            lexical=evidence.lexical(spans, docs) if readout.uses_lexical else None,
         )
         if names != readout.extras:
             raise ValueError(f"readout: needs extras {list(readout.extras)} but got {list(names)}.")

@@ -1,7 +1,7 @@
 """Train a model's readout from public data (``gemfilter train-readout``).
 
-1. ``build_examples``: labelled questions from HotpotQA, NaturalQuestions, SQuAD and needles (training
-   splits only, see ``gemfilter_rag.data``);
+1. ``build_examples``: labelled questions from HotpotQA, NaturalQuestions, SQuAD, needles and synthetic
+   structured lookups (training splits and seeds only, see ``gemfilter_rag.data`` and ``structured``);
 2. ``extract.extract``: one pass per example up to ``max_layer``, reduced to unit features, cached;
 3. ``fit.cross_validate`` at every candidate layer ``r`` (readout over layers ``0..r``): the share of
    questions whose answer survives selection at the budget, per source, cross-validated by question;
@@ -30,25 +30,37 @@ from ..data import (
     long_context_eval_json,
 )
 from ..embeddings import Embedder
-from ..features import BLOCKS_V1, CHANNEL_BLOCKS, LAYER_BLOCKS
+from ..features import BLOCKS_V1, CHANNEL_BLOCKS, KEY_BLOCKS, LAYER_BLOCKS, TEXT_BLOCKS
 from ..loading import cache_dir
 from ..readout import ReadoutSet
-from .examples import Example, hotpot_examples, needle_examples, nq_examples, nq_passage, squad_examples
+from .examples import (
+    Example,
+    hotpot_examples,
+    needle_examples,
+    nq_examples,
+    nq_passage,
+    squad_examples,
+    structured_examples,
+)
 from .extract import ExampleFeatures, extract
 from .fit import cross_validate, fit_readout
+from .structured import TRAIN_SEEDS
 
 if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
 VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
-BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS
-"""The blocks a readout is trained on by default: every one the pass gives."""
+BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS
+"""The blocks a readout is trained on by default: every one the pass and the text give."""
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "mass+mean+doc (v1)": BLOCKS_V1,
     "+max": (*BLOCKS_V1, "max"),
     "+context": (*BLOCKS_V1, "doc_best", "prev_mass", "next_mass"),
     "+hidden": (*BLOCKS_V1, *LAYER_BLOCKS),
-    "all but hidden": CHANNEL_BLOCKS,
+    "+key_mass": (*BLOCKS_V1, *KEY_BLOCKS),
+    "+lexical": (*BLOCKS_V1, *TEXT_BLOCKS),
+    "all but hidden": CHANNEL_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS,
+    "all but lexical": CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS,
     "all": BLOCKS,
 }
 """Block sets cross-validated at the chosen layer, to show what each block adds."""
@@ -63,6 +75,8 @@ class Sizes:
     squad: int = 170
     needles: int = 96
     needle_lengths: tuple[int, ...] = (1024, 2048, 3072, 4096)
+    structured: int = 0
+    """Synthetic structured lookups (``examples.structured_examples``, training seeds only)."""
 
 
 def build_examples(tokenizer: Any, embedder: Embedder | None, sizes: Sizes, seed: int = 0) -> list[Example]:
@@ -92,6 +106,8 @@ def build_examples(tokenizer: Any, embedder: Embedder | None, sizes: Sizes, seed
         essays = essays_haystack()
         reverse = "\n\n".join(reversed(essays.split("\n\n")))  # the benchmarks read them in order
         out += needle_examples(tokenizer, reverse, sizes.needles, sizes.needle_lengths, seed=seed)
+    if sizes.structured:
+        out += structured_examples(sizes.structured, seed=seed)
     return out
 
 
@@ -173,9 +189,14 @@ def train_readout(
 ) -> tuple[ReadoutSet, TrainingReport]:
     """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant.
 
+<<<<<<< HEAD
     ``blocks``: the feature blocks the readouts read (``features.CHANNEL_BLOCKS``, ``features.LAYER_BLOCKS``);
     ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none);
     ``cached_only``: fit on the examples whose features are cached already (re-fitting without a pass).
+=======
+    ``blocks``: the feature blocks the readouts read (``features.ALL_BLOCKS``; default ``BLOCKS``: all of them);
+    ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none).
+>>>>>>> lexical
     """
     import time
 
@@ -213,6 +234,7 @@ def train_readout(
             "nq": f"lines {NQ_TRAIN.start}-{NQ_TRAIN.stop - 1} of nq_open_oracle_dev",
             "squad": f"articles {SQUAD_TRAIN_ARTICLES.start}-{SQUAD_TRAIN_ARTICLES.stop - 1} of SQuAD v2.0 dev",
             "needles": "training.examples.TRAIN_NEEDLES in the essays read in reverse",
+            "structured": f"training.structured seeds {TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1} (TRAIN_SEEDS)",
         },
         "seed": seed,
         "cached_only": cached_only,

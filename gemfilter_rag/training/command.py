@@ -15,7 +15,7 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
     """Register the ``train-readout`` subcommand."""
     p = sub.add_parser(
         "train-readout",
-        help="train the model's readout on public data (HotpotQA, NQ, SQuAD, needles); write a profile",
+        help="train the model's readout on public data (HotpotQA, NQ, SQuAD, needles, structured); write a profile",
         description="Builds labelled examples from the training splits (gemfilter_rag.data), runs one early-exit "
         "pass per example up to --max-layer (cached), cross-validates a readout over layers 0..r for each r, "
         "picks the earliest r within --tolerance of the best, fits every variant there and writes the profile.",
@@ -29,6 +29,12 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
     p.add_argument("--nq", type=int, default=300, help="NaturalQuestions training questions (default 300)")
     p.add_argument("--squad", type=int, default=170, help="SQuAD training questions (default 170)")
     p.add_argument("--needles", type=int, default=96, help="needle probes (default 96)")
+    p.add_argument(
+        "--structured",
+        type=int,
+        default=0,
+        help="synthetic structured lookups: JSON, tables, logs, code (default 0; training seeds only)",
+    )
     p.add_argument("--no-embeddings", action="store_true", help="train the attention-only variants")
     p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the logistic regression")
     p.add_argument("--tolerance", type=float, default=0.01, help="answer-kept tolerance for the earliest layer")
@@ -38,8 +44,8 @@ def add_parser(sub: Any, model_options: Any, positive_int: Any) -> None:
         "--blocks",
         nargs="+",
         default=None,
-        help="feature blocks the readout reads (default: all of gemfilter_rag.features.CHANNEL_BLOCKS and "
-        "LAYER_BLOCKS; 'mass mean doc_mass' is the first readouts' set)",
+        help="feature blocks the readout reads (default: all of gemfilter_rag.features.ALL_BLOCKS, the "
+        "lexical and key_mass blocks included; 'mass mean doc_mass' is the first readouts' set)",
     )
     p.add_argument("--no-ablations", action="store_true", help="skip cross-validating the block ablations")
     p.add_argument(
@@ -72,6 +78,8 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         raise usage_error(f"--tolerance: {args.tolerance} must be within [0, 1)")
     if args.l2 < 0:
         raise usage_error(f"--l2: {args.l2} must be >= 0")
+    if not 0 <= args.structured <= 10_000:
+        raise usage_error(f"--structured: {args.structured} must be within 0..10000 (the training seeds)")
     blocks = tuple(args.blocks) if args.blocks else BLOCKS
     unknown = [b for b in blocks if b not in BLOCKS]
     if unknown:
@@ -83,8 +91,19 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     if args.layers is not None and not all(0 <= v <= max_layer for v in args.layers):
         raise usage_error(f"--layers: {args.layers} must lie within 0..--max-layer ({max_layer})")
     embedder = None if args.no_embeddings else minilm()
+<<<<<<< HEAD
     sizes = Sizes(args.hotpotqa, 0 if embedder is None else args.nq, args.squad, args.needles)
     examples = interleave(build_examples(comp.tokenizer, embedder, sizes, seed=args.seed))
+=======
+    sizes = Sizes(
+        hotpotqa=args.hotpotqa,
+        nq=0 if embedder is None else args.nq,
+        squad=args.squad,
+        needles=args.needles,
+        structured=args.structured,
+    )
+    examples = build_examples(comp.tokenizer, embedder, sizes, seed=args.seed)
+>>>>>>> lexical
     readouts, report = train_readout(
         comp,
         examples,

@@ -13,6 +13,9 @@ context a RAG chain meets:
   a token cap; positives are the answer spans.
 * Needles (``TRAIN_NEEDLES``, none of which the benchmarks use) at random depths of essay haystacks
   read in reverse order; the positive is the needle sentence.
+* Structured lookups (``structured``, seeds of ``structured.TRAIN_SEEDS`` only; the benchmark draws
+  ``EVAL_SEEDS``): JSON key/value objects of 25, 75 and 140 pairs, Markdown and CSV tables, logs and code,
+  the gold item at a random depth; the positive is the gold item (``structured.gold_span``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..needles import Needle, make_probe
+from .structured import TRAIN_SEEDS, gold_span, make_case
 
 Span = tuple[int, int, int]  # (document index, start, end) character span
 
@@ -286,4 +290,46 @@ def needle_examples(tokenizer: Any, haystack: str, count: int, lengths: Sequence
         chunks, positives = chunk_paragraphs(probe.context, probe.needle_span)
         meta = {"length": length, "depth": round(probe.depth, 3)}
         out.append(Example(f"needle-{k}", "needle", needle.question, chunks, list(needle.answers), positives, meta))
+    return out
+
+
+# ---------------------------------------------------------------- structured lookups
+
+STRUCTURED_KINDS: tuple[tuple[str, dict[str, int]], ...] = (
+    ("json", {"pairs": 25}),
+    ("json", {"pairs": 75}),
+    ("json", {"pairs": 140}),
+    ("markdown", {}),
+    ("csv", {}),
+    ("logs", {}),
+    ("code", {}),
+)
+"""The structured cases training draws in turn: (generator kind, its size option)."""
+
+
+def structured_examples(n: int, seed: int = 0) -> list[Example]:
+    """``n`` structured lookups, the kinds of ``STRUCTURED_KINDS`` in turn, each from its own seed of
+    ``structured.TRAIN_SEEDS`` (drawn with ``seed``, never an evaluation seed) at a random depth."""
+    if not 0 <= n <= len(TRAIN_SEEDS):
+        raise ValueError(f"n: {n}; draw between 0 and {len(TRAIN_SEEDS)} structured examples.")
+    rng = random.Random(f"structured-examples:{seed}")
+    out = []
+    for k, case_seed in enumerate(rng.sample(TRAIN_SEEDS, n)):
+        kind, options = STRUCTURED_KINDS[k % len(STRUCTURED_KINDS)]
+        depth = round(rng.random(), 3)
+        case = make_case(kind, case_seed, "train", depth=depth, **options)
+        start, end = gold_span(case)
+        name = f"{kind}-{options['pairs']}" if "pairs" in options else kind
+        meta = {"kind": name, "seed": case_seed, "depth": depth, "gold_document": case.gold_document}
+        out.append(
+            Example(
+                f"structured-{name}-{case_seed}",
+                "structured",
+                case.question,
+                list(case.documents),
+                [case.answer],
+                [(case.gold_document, start, end)],
+                meta,
+            )
+        )
     return out

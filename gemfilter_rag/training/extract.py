@@ -1,7 +1,8 @@
 """One filter pass per training example, reduced to what fitting needs, cached on disk.
 
 For each example: the raw blocks of every unit at layers ``0..max_layer`` (``features.raw_blocks``:
-attention mass, mean and maximum per head, hidden-state similarity per layer), the units' documents,
+attention mass, mean and maximum per head, hidden-state similarity per layer, the mass under the attention
+of the question's rare-term tokens per head, and the unit text's lexical matches), the units' documents,
 labels (the unit overlaps a positive span),
 texts (to check which answers a selection keeps) and, with an embedding model, the similarities of
 units and documents to the question. A cache entry is keyed by the model's architecture, the
@@ -22,7 +23,8 @@ import torch
 
 from ..embeddings import Embedder
 from ..features import raw_blocks
-from ..pipeline import build_prompts
+from ..lexical import match_features
+from ..pipeline import build_prompts, key_rows
 from ..profiles import attention_heads, fingerprint
 from ..scoring import query_positions
 from ..units import prompt_units, unit_text
@@ -31,7 +33,8 @@ from .examples import Example
 if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
+"""Bumped whenever what a cache entry holds changes (3: the ``key_mass`` and ``lexical`` raw blocks)."""
 UNIT_BUDGET = 256
 """Units are cut as for a 256-token budget (sentence pieces of at most 64 tokens)."""
 
@@ -118,14 +121,24 @@ def extract(
         units = prompt_units(prompt, "sentence", UNIT_BUDGET)
         flat, docs = units.units, units.documents
         rows = query_positions(prompt.length, prompt.query_start, probe.config.scoring.query)
-        (item,) = probe.plan.model.run([(prompt.input_ids, rows)], max_layer, attention=True, hidden=True)
-        assert item.attention is not None and item.similarity is not None
+        keys = key_rows(probe.plan, prompt, ex.question)  # (K,)
+        (item,) = probe.plan.model.run(
+            [(prompt.input_ids, rows)], max_layer, attention=True, hidden=True, key_rows=[keys]
+        )
+        assert item.attention is not None and item.similarity is not None and item.key_attention is not None
         positions = prompt.context_positions()
-        raw = raw_blocks(item.attention[:, :, positions], item.similarity[:, positions], flat, hidden=True)
         starts = [0]
         for d in prompt.documents:
             starts.append(starts[-1] + len(d.ids))
         texts = [unit_text(prompt, d, u, starts[d]) for u, d in zip(flat, docs, strict=True)]
+        raw = raw_blocks(
+            item.attention[:, :, positions],
+            item.similarity[:, positions],
+            flat,
+            hidden=True,
+            key_attention=item.key_attention[:, :, positions],
+            lexical=match_features(ex.question, texts),
+        )
         sim_unit = sim_doc = None
         if embedder is not None:
             sim_unit = embedder.similarities(ex.question, texts)
