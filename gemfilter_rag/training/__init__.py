@@ -189,14 +189,9 @@ def train_readout(
 ) -> tuple[ReadoutSet, TrainingReport]:
     """Extract features, cross-validate the readout at each candidate layer, choose one, fit every variant.
 
-<<<<<<< HEAD
-    ``blocks``: the feature blocks the readouts read (``features.CHANNEL_BLOCKS``, ``features.LAYER_BLOCKS``);
+    ``blocks``: the feature blocks the readouts read (``features.ALL_BLOCKS``; default ``BLOCKS``: all of them);
     ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none);
     ``cached_only``: fit on the examples whose features are cached already (re-fitting without a pass).
-=======
-    ``blocks``: the feature blocks the readouts read (``features.ALL_BLOCKS``; default ``BLOCKS``: all of them);
-    ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none).
->>>>>>> lexical
     """
     import time
 

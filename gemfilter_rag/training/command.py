@@ -91,10 +91,6 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     if args.layers is not None and not all(0 <= v <= max_layer for v in args.layers):
         raise usage_error(f"--layers: {args.layers} must lie within 0..--max-layer ({max_layer})")
     embedder = None if args.no_embeddings else minilm()
-<<<<<<< HEAD
-    sizes = Sizes(args.hotpotqa, 0 if embedder is None else args.nq, args.squad, args.needles)
-    examples = interleave(build_examples(comp.tokenizer, embedder, sizes, seed=args.seed))
-=======
     sizes = Sizes(
         hotpotqa=args.hotpotqa,
         nq=0 if embedder is None else args.nq,
@@ -102,8 +98,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         needles=args.needles,
         structured=args.structured,
     )
-    examples = build_examples(comp.tokenizer, embedder, sizes, seed=args.seed)
->>>>>>> lexical
+    examples = interleave(build_examples(comp.tokenizer, embedder, sizes, seed=args.seed))
     readouts, report = train_readout(
         comp,
         examples,
