@@ -402,7 +402,7 @@ class GemFilterRunner:
     def _pass(self, comp: Any, item: Item) -> dict[str, Any] | None:
         """The item's prompt and timed pass (shared by every mode at the same filter layer), or None when
         the prompt is longer than the model accepts."""
-        from gemfilter_rag.pipeline import build_prompts, run_pass, scoring_rows
+        from gemfilter_rag.pipeline import build_prompts, key_rows, run_pass, scoring_rows
 
         key = f"{item.id}:{id(comp.plan.model)}:{comp.filter_layer}:{comp.scorer.rows}:{comp.scorer.attention}"
         if key not in self._memo:
@@ -412,7 +412,8 @@ class GemFilterRunner:
                 self._memo[key] = {"prompt": None}
             else:
                 rows = scoring_rows(comp.plan, prompt)
-                (passed,) = run_pass(comp.plan, [(prompt.input_ids, rows)])
+                keys = [key_rows(comp.plan, prompt, item.question)]
+                (passed,) = run_pass(comp.plan, [(prompt.input_ids, rows)], keys)
                 self._memo[key] = {"prompt": prompt, "pass": passed, "pass_s": time.perf_counter() - t0}
         state = self._memo[key]
         return state if state["prompt"] is not None else None

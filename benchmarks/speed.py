@@ -86,8 +86,15 @@ def stage_times(comp: Any, docs: list[str], question: str, budget: int) -> dict[
     import torch
 
     from gemfilter_rag.assemble import assemble
-    from gemfilter_rag.features import unit_features
-    from gemfilter_rag.pipeline import build_prompts, evidence_for, run_pass, scoring_rows, select, whole_target
+    from gemfilter_rag.pipeline import (
+        build_prompts,
+        evidence_for,
+        key_rows,
+        run_pass,
+        scoring_rows,
+        select,
+        whole_target,
+    )
     from gemfilter_rag.selection import spread
     from gemfilter_rag.units import prompt_units
 
@@ -104,32 +111,21 @@ def stage_times(comp: Any, docs: list[str], question: str, budget: int) -> dict[
     lap("tokenize")
     units = prompt_units(prompt, plan.config.granularity, budget)
     lap("units")
-    (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))])
+    (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))], [key_rows(plan, prompt, question)])
     lap("pass")
     evidence = evidence_for(plan, prompt, question, None)
     target = whole_target(prompt, units)
-    readout = comp.scorer.choose(evidence) if hasattr(comp.scorer, "choose") else None
-    x = None
-    if readout is not None:  # the readout's inputs, as its scorer builds them
-        positions = target.positions
-        sims = record.similarity[: readout.layer + 1, positions] if readout.uses_hidden else None
-        x, _ = unit_features(
-            record.attention[: readout.layer + 1, :, positions],
-            target.units,
-            torch.tensor(target.documents),
-            similarity=sims,
-            blocks=readout.blocks,
-            sim_unit=evidence.sim_units(target.spans, target.documents) if readout.uses_embeddings else None,
-            sim_doc=evidence.sim_doc() if readout.uses_embeddings else None,
-        )
-    lap("features")
-    if readout is not None and x is not None:  # the linear map and its spread over the tokens
+    features = getattr(comp.scorer, "features", None)  # the readout's inputs, apart from its linear map
+    if callable(features):
+        readout, x, keep_units = features(record, target, evidence)
+        lap("features")
         logits = readout.logits(x)
-        spread(torch.exp(logits - logits.max()), target.units, int(positions.numel()))
+        spread(torch.exp(logits - logits.max()), [target.units[i] for i in keep_units], int(target.positions.numel()))
         lap("readout")
         scores = comp.scorer.score(record, target, evidence)  # the same values, for selection (not timed)
         clock[0] = time.perf_counter()
     else:
+        lap("features")
         scores = comp.scorer.score(record, target, evidence)
         lap("readout")
     keep = select(plan, scores, units, budget, None)

@@ -54,6 +54,18 @@ class ReadoutScorer:
 
     def score(self, record: PassRecord, target: Target, evidence: Evidence) -> Scores:
         """Logits of the target's document units; their values spread over their tokens."""
+        readout, x, keep = self.features(record, target, evidence)
+        units = [target.units[i] for i in keep]
+        logits = readout.logits(x)  # (U',)
+        values = torch.exp(logits - logits.max()) if logits.numel() else logits  # (U',) in (0, 1]
+        out = torch.full((len(target.units),), float("-inf"), dtype=torch.float64)  # (U,)
+        out[keep] = logits
+        return Scores(spread(values, units, int(target.positions.numel())), out)
+
+    def features(
+        self, record: PassRecord, target: Target, evidence: Evidence
+    ) -> tuple[Readout, torch.Tensor, list[int]]:
+        """The variant chosen, its input (U', F) and which of the target's units they are (not separators)."""
         readout = self.choose(evidence)
         assert record.attention is not None, "the pass did not record the layers' attention"
         keep = [i for i, d in enumerate(target.documents) if d != SEPARATOR]
@@ -83,8 +95,4 @@ class ReadoutScorer:
         )
         if names != readout.extras:
             raise ValueError(f"readout: needs extras {list(readout.extras)} but got {list(names)}.")
-        logits = readout.logits(x)  # (U',)
-        values = torch.exp(logits - logits.max()) if logits.numel() else logits  # (U',) in (0, 1]
-        out = torch.full((len(target.units),), float("-inf"), dtype=torch.float64)  # (U,)
-        out[keep] = logits
-        return Scores(spread(values, units, int(target.positions.numel())), out)
+        return readout, x, keep
