@@ -65,7 +65,9 @@ def _compressor(case: dict[str, Any]) -> Any:
     if options.pop("paper", False):
         options["scoring"] = ScoringConfig.paper()
     if case["model"] == "real":
-        return GemFilterCompressor.from_pretrained(device="cpu", embeddings=case.get("embeddings", "auto"), **options)
+        return GemFilterCompressor.from_pretrained(
+            case.get("shipped"), device="cpu", embeddings=case.get("embeddings", "auto"), **options
+        )
     model = _short_model(case["model"]) if case.get("short") else build_model(case["model"])
     embeddings = fake_embeddings if case.get("embeddings") == "fake" else None
     if case.get("readout"):
@@ -122,6 +124,9 @@ def cases() -> list[dict[str, Any]]:
         {"name": "real-default-scores", "model": "real", "top_k": 64, "scores": True},
         {"name": "real-attention-only", "model": "real", "embeddings": None, "top_k": 64},
         {"name": "real-layer", "model": "real", "embeddings": None, "options": {"scorer": "layer"}, "top_k": 64},
+        # the default up to 0.1 stays loadable and gives what it gave (recorded as real-default before 0.2)
+        {"name": "real-previous", "model": "real", "shipped": "smollm2-previous", "top_k": 64},
+        {"name": "real-previous-scores", "model": "real", "shipped": "smollm2-previous", "top_k": 64, "scores": True},
     ]
     return out
 
