@@ -13,7 +13,7 @@ import torch
 
 from .embeddings import Embedder
 from .features import relative_scores
-from .lexical import FEATURES, match_features
+from .lexical import FEATURES, match_features, overlap_features
 from .prompt import FilterPrompt
 from .selection import Unit
 from .units import unit_text
@@ -49,6 +49,12 @@ class Evidence:
         if self._sim_doc is None:
             self._sim_doc = self.embedder.similarities(self.query, [d.text for d in self.prompt.documents])
         return self._sim_doc
+
+    def overlap(self, units: Sequence[Unit], docs: Sequence[int]) -> torch.Tensor:
+        """(U, 2) ``lexical.overlap_features`` of the units' texts (context-token units) and their documents,
+        idf over the documents these units come from."""
+        texts = [unit_text(self.prompt, d, u, self.doc_starts[d]) for u, d in zip(units, docs, strict=True)]
+        return overlap_features(self.query, texts, list(docs))
 
     def sim_units(self, units: Sequence[Unit], docs: Sequence[int]) -> torch.Tensor | None:
         """(U,) similarity of each unit's text to the query (context-token units), or None."""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from .lexical import FEATURES as LEXICAL
+from .lexical import OVERLAP
 from .selection import Unit
 
 EPS = 1e-8
@@ -45,9 +46,14 @@ to the question's (``scoring.token_similarity``), their mean and maximum, and th
 TEXT_BLOCKS = ("lexical",)
 """Blocks read from the text, not the pass: ``lexical``, the ``lexical.FEATURES`` columns (``LEXICAL``) of how
 the unit's text holds the question's rare terms, raw (not standardised: see the module's docstring)."""
+TERM_BLOCKS = ("overlap",)
+"""Blocks read from the text and standardised within the prompt: ``overlap``, the ``lexical.overlap_features``
+of the unit and its document (the idf-weighted share of the question's content words each mentions), as
+z-scores over the prompt's units followed by the raw shares (4 columns): the z-scores rank the units of one
+prompt, the raw shares say whether any unit mentions the question's words at all."""
 BLOCKS_V1 = ("mass", "mean", "doc_mass")
 """The blocks of readouts trained before the hidden-state and context blocks existed."""
-ALL_BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS
+ALL_BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS + TERM_BLOCKS
 """Every block name a readout may read."""
 SHAPE = ("log_length", "position")
 """Extras every readout uses: the unit's length in tokens (log) and the relative position of its middle."""
@@ -167,8 +173,10 @@ def raw_blocks(
     *,
     key_attention: torch.Tensor | None = None,
     lexical: torch.Tensor | None = None,
+    overlap: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """What the readout's blocks are derived from, per unit, before any standardising.
+    """What the readout's blocks are derived from, per unit, before any standardising (``overlap``: (U, 2)
+    ``lexical.overlap_features``, kept as ``"overlap"``).
 
     attention: (L, H, N); similarity: (L, N) (needed when ``hidden``); key_attention: (L, H, N), the rare-term
     rows' attention; lexical: (U, F) ``lexical.match_features`` of the units' texts. Returns ``"mass"``,
@@ -189,6 +197,10 @@ def raw_blocks(
         if lexical.shape != (len(units), len(LEXICAL)):
             raise ValueError(f"lexical: shape {tuple(lexical.shape)}; expected ({len(units)}, {len(LEXICAL)}).")
         out["lexical"] = lexical.float()
+    if overlap is not None:
+        if overlap.shape != (len(units), len(OVERLAP)):
+            raise ValueError(f"overlap: shape {tuple(overlap.shape)}; expected ({len(units)}, {len(OVERLAP)}).")
+        out["overlap"] = overlap.float()
     return out
 
 
@@ -206,7 +218,7 @@ def slice_layers(raw: dict[str, torch.Tensor], heads: int, layers: int) -> dict[
     """``raw_blocks`` of layers ``0..layers-1`` out of blocks built from more layers."""
     out = {}
     for name, x in raw.items():
-        if name in TEXT_BLOCKS:  # no layers
+        if name in TEXT_BLOCKS + TERM_BLOCKS:  # no layers
             out[name] = x
             continue
         keep = layers * heads if name in CHANNEL_BLOCKS + KEY_BLOCKS else layers
@@ -258,8 +270,8 @@ def derived_block(
     """One named block (of ``ALL_BLOCKS``) from ``raw_blocks``, unstandardised."""
     if name in raw:
         return raw[name]
-    if name in ("key_mass", "lexical"):
-        given = "key_attention" if name == "key_mass" else "lexical"
+    if name in ("key_mass", "lexical", "overlap"):
+        given = {"key_mass": "key_attention"}.get(name, name)
         raise ValueError(f"blocks: {name!r} is read from raw_blocks(..., {given}=...), which was not given.")
     if name == "doc_mass":
         both = torch.cat([raw["mass"], raw["mean"]], dim=1)
@@ -288,14 +300,21 @@ def block_features(
     cols = []
     for b in blocks:
         block = derived_block(b, raw, units, unit_docs).float()
-        cols.append(block if b in TEXT_BLOCKS else standardise(block))
+        if b in TERM_BLOCKS:
+            cols += [standardise(block), block]
+        else:
+            cols.append(block if b in TEXT_BLOCKS else standardise(block))
     extra, names = extra_columns(units, n_context, unit_docs, retriever, sim_unit, sim_doc)
     return torch.cat([*cols, extra], dim=1), names
 
 
 def block_columns(blocks: Sequence[str], layers: int, heads: int) -> int:
     """How many columns ``blocks`` take at ``layers`` layers of ``heads`` heads."""
-    widths = {**dict.fromkeys(CHANNEL_BLOCKS + KEY_BLOCKS, layers * heads), **dict.fromkeys(TEXT_BLOCKS, len(LEXICAL))}
+    widths = {
+        **dict.fromkeys(CHANNEL_BLOCKS + KEY_BLOCKS, layers * heads),
+        **dict.fromkeys(TEXT_BLOCKS, len(LEXICAL)),
+        **dict.fromkeys(TERM_BLOCKS, 2 * len(OVERLAP)),
+    }
     return sum(widths.get(b, layers) for b in blocks)
 
 
@@ -325,8 +344,10 @@ def unit_features(
     sim_doc: torch.Tensor | None = None,
     key_attention: torch.Tensor | None = None,
     lexical: torch.Tensor | None = None,
+    overlap: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """Every feature of every unit, and the names of the extra columns.
+    """Every feature of every unit, and the names of the extra columns (overlap: (U, 2)
+    ``lexical.overlap_features``, for ``TERM_BLOCKS``).
 
     attention: (L, H, N); similarity: (L, N) hidden-state similarities (for ``LAYER_BLOCKS``); unit_docs:
     (U,) document index of each unit; retriever: (D,) from ``relative_scores``; sim_unit: (U,) and
@@ -347,6 +368,7 @@ def unit_features(
         hidden,
         key_attention=key_attention if "key_mass" in blocks else None,
         lexical=lexical if "lexical" in blocks else None,
+        overlap=overlap if "overlap" in blocks else None,
     )
     return block_features(found, blocks, units, n_context, unit_docs, retriever, sim_unit, sim_doc)
 

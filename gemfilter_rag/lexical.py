@@ -7,6 +7,7 @@ looking up, by rules and no model; ``match_features`` says, per unit, how it hol
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -120,3 +121,50 @@ def match_features(question: str, unit_texts: Sequence[str]) -> torch.Tensor:
         out[u, 2] = max(_longest_common(t, text) / len(t) for t in terms)
         out[u, 3] = float(any(h and _as_key(t, text) for t, h in zip(terms, held, strict=True)))
     return out
+
+
+OVERLAP = ("overlap_unit", "overlap_doc")
+"""The columns of ``overlap_features``: the share of the question's content words (weighted by their idf over
+the prompt's documents) that the unit holds, and that its document holds."""
+
+STOPWORDS = frozenset(
+    "a an the of in on at to for from by with and or is are was were be been being who what when where which "
+    "why how did does do whose whom that this these those it its as his her their there has have had not no yes "
+    "i you he she they we us me my your our name named called first last about into than then so if can will".split()
+)
+"""Words that say nothing about what a question is about."""
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-case words of ``text`` (letters and digits), a plural "s" dropped from words over 3 letters."""
+    return [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in _WORD.findall(text.lower())]
+
+
+def overlap_features(question: str, unit_texts: Sequence[str], unit_docs: Sequence[int]) -> torch.Tensor:
+    """How much of what the question is about each unit's text, and its document's, mentions.
+
+    The question's content words (``content_words`` less ``STOPWORDS``, each once) are weighted by their
+    inverse document frequency over the prompt's documents (``log((D + 1) / (df + 0.5))``: a word every
+    document has counts little). Per unit: the weighted share of those words its text holds, and the
+    share its whole document holds (the document's units together). Returns (U, 2) float64 in [0, 1],
+    columns ``OVERLAP``; zeros for a question without content words.
+    """
+    n = len(unit_texts)
+    if n == 0:
+        return torch.zeros(0, len(OVERLAP), dtype=torch.float64)
+    wanted = [w for w in dict.fromkeys(content_words(question)) if w not in STOPWORDS]
+    docs = list(unit_docs)
+    unit_words = [set(content_words(t)) for t in unit_texts]
+    doc_words: dict[int, set[str]] = {}
+    for u, d in enumerate(docs):
+        doc_words.setdefault(d, set()).update(unit_words[u])
+    n_docs = len(doc_words)
+    idf = {w: math.log((n_docs + 1) / (sum(w in s for s in doc_words.values()) + 0.5)) for w in wanted}
+    total = sum(idf.values())
+    if not wanted or total <= 0:
+        return torch.zeros(n, len(OVERLAP), dtype=torch.float64)
+    unit = [sum(idf[w] for w in wanted if w in s) / total for s in unit_words]  # (U,)
+    doc = [sum(idf[w] for w in wanted if w in doc_words[d]) / total for d in docs]  # (U,)
+    return torch.tensor([unit, doc], dtype=torch.float64).T  # (U, 2)

@@ -23,6 +23,7 @@ from .features import (
     LAYER_BLOCKS,
     RETRIEVER,
     SHAPE,
+    TERM_BLOCKS,
     TEXT_BLOCKS,
     block_columns,
 )
@@ -80,6 +81,11 @@ class Readout:
     def uses_lexical(self) -> bool:
         """Whether it reads the units' texts against the question (``features.TEXT_BLOCKS``)."""
         return any(b in TEXT_BLOCKS for b in self.blocks)
+
+    @property
+    def uses_overlap(self) -> bool:
+        """Whether it reads the question's content words in the units' texts (``features.TERM_BLOCKS``)."""
+        return any(b in TERM_BLOCKS for b in self.blocks)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(U, F) features, columns as in ``features.unit_features`` -> (U,) logits."""

@@ -317,3 +317,34 @@ def test_sentence_spans_split_a_text_once(monkeypatch: pytest.MonkeyPatch) -> No
     first.append((0, 0))  # the caller's list is its own
     again = sentences.sentence_spans(text)
     assert calls == [text] and again == first[:-1] and again[-1][1] == len(text)
+
+
+# ---------------------------------------------------------------- the question's content words in the text
+
+
+def test_overlap_features_weigh_rare_words_and_cover_documents() -> None:
+    from gemfilter_rag.lexical import overlap_features
+
+    texts = ["Paris is the capital.", "It has many museums.", "Berlin is a city.", "Paris again."]
+    docs = [0, 0, 1, 2]
+    got = overlap_features("Which museums are in Paris?", texts, docs)
+    assert got.shape == (4, 2) and float(got.min()) >= 0.0 and float(got.max()) <= 1.0
+    # "museums" is in one document of three, "paris" in two: the rarer word weighs more
+    assert got[1, 0] > got[0, 0] > 0.0 and got[2, 0] == 0.0
+    assert got[0, 1] == got[1, 1] == pytest.approx(1.0)  # document 0 holds both words
+    assert got[3, 1] == pytest.approx(float(got[3, 0]))  # a one-unit document covers what its unit does
+    assert overlap_features("what is it?", texts, docs).abs().sum() == 0  # no content words
+    assert overlap_features("Paris?", [], []).shape == (0, 2)
+
+
+def test_the_overlap_block_is_z_scores_then_shares() -> None:
+    attention, similarity = sample()
+    share = torch.tensor([[0.0, 0.5], [1.0, 0.5], [0.0, 0.5], [0.5, 1.0], [0.5, 1.0]])
+    x, _ = unit_features(attention, UNITS, DOCS_OF, blocks=("mass", "overlap"), overlap=share)
+    assert x.shape == (5, 6 + 4 + 2)
+    torch.testing.assert_close(x[:, 8:10], share)  # the raw shares
+    z = x[:, 6:8]
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
+    assert block_columns(("overlap",), 3, 2) == 4
+    with pytest.raises(ValueError, match="overlap"):
+        unit_features(attention, UNITS, DOCS_OF, blocks=("mass", "overlap"))

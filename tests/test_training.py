@@ -187,6 +187,7 @@ def test_extract_caches_and_train_readout_writes_a_usable_readout(
         "sim_max": (u, 3),
         "key_mass": (u, channels),
         "lexical": (u, len(LEXICAL)),
+        "overlap": (u, 2),
     }
     assert f.labels.any() and not f.labels.all()
     labelled = [t for t, y in zip(f.texts, f.labels.tolist(), strict=True) if y]
@@ -308,3 +309,23 @@ def test_cached_only_extracts_nothing_new(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(FilterModel, "run", no_model)
     got = extract(comp, examples, 1, tmp_path, cached_only=True)
     assert [f.id for f in got] == [e.id for e in examples[:2]]
+
+
+def test_entries_of_feature_version_2_are_read_with_their_text_blocks(tmp_path: Path) -> None:
+    """An entry cached before key_mass and the text blocks existed is still used: the text blocks are
+    computed from its texts, and it says it lacks key_mass."""
+    from gemfilter_rag.training.extract import cache_key
+
+    comp = GemFilterCompressor(build_model("llama"), build_tokenizer())
+    examples = _examples()[:1]
+    (fresh,) = extract(comp, examples, 1, tmp_path)
+    new = tmp_path / f"{cache_key(comp, 1, examples[0], None)}.pt"
+    record = torch.load(new, weights_only=False)
+    record["raw"] = {k: v for k, v in record["raw"].items() if k not in ("key_mass", "lexical", "overlap")}
+    old = tmp_path / f"{cache_key(comp, 1, examples[0], None, version=2)}.pt"
+    torch.save(record, old)
+    new.unlink()
+    (again,) = extract(comp, examples, 1, tmp_path, cached_only=True)
+    assert "key_mass" not in again.raw
+    assert torch.equal(again.raw["lexical"], fresh.raw["lexical"])
+    assert torch.equal(again.raw["overlap"], fresh.raw["overlap"])

@@ -92,6 +92,7 @@ class ReadoutScorer:
             sim_doc=evidence.sim_doc() if readout.uses_embeddings else None,
             key_attention=key_attention,
             lexical=evidence.lexical(spans, docs) if readout.uses_lexical else None,
+            overlap=evidence.overlap(spans, docs) if readout.uses_overlap else None,
         )
         if names != readout.extras:
             raise ValueError(f"readout: needs extras {list(readout.extras)} but got {list(names)}.")

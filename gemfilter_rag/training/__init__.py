@@ -30,7 +30,7 @@ from ..data import (
     long_context_eval_json,
 )
 from ..embeddings import Embedder
-from ..features import BLOCKS_V1, CHANNEL_BLOCKS, KEY_BLOCKS, LAYER_BLOCKS, TEXT_BLOCKS
+from ..features import BLOCKS_V1, CHANNEL_BLOCKS, KEY_BLOCKS, LAYER_BLOCKS, TERM_BLOCKS, TEXT_BLOCKS
 from ..loading import cache_dir
 from ..readout import ReadoutSet
 from .examples import (
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
 VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
-BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS
+BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS + TERM_BLOCKS
 """The blocks a readout is trained on by default: every one the pass and the text give."""
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "mass+mean+doc (v1)": BLOCKS_V1,
@@ -60,7 +60,10 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "+key_mass": (*BLOCKS_V1, *KEY_BLOCKS),
     "+lexical": (*BLOCKS_V1, *TEXT_BLOCKS),
     "all but hidden": CHANNEL_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS,
-    "all but lexical": CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS,
+    "+overlap": (*BLOCKS_V1, *TERM_BLOCKS),
+    "all but lexical": CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TERM_BLOCKS,
+    "all but overlap": CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS,
+    "all but key_mass": CHANNEL_BLOCKS + LAYER_BLOCKS + TEXT_BLOCKS + TERM_BLOCKS,
     "all": BLOCKS,
 }
 """Block sets cross-validated at the chosen layer, to show what each block adds."""
@@ -213,6 +216,10 @@ def train_readout(
     usable = [v for v in VARIANTS if embedder is not None or v == "attention"]
     report = TrainingReport(per_layer, chosen, examples=counts)
     for name, subset in (ABLATIONS if ablations is None else ablations).items():
+        lacking = sorted({b for b in subset if b in KEY_BLOCKS for f in feats if b not in f.raw})
+        if lacking:  # entries cached before the block existed
+            log(f"blocks {name}: skipped, cached entries lack {lacking}")
+            continue
         report.ablations[name] = cross_validate(feats, chosen, "attention", l2, budget, folds, seed, subset)
         log(f"blocks {name}: {report.ablations[name]['answer_kept']}")
     readouts = {}

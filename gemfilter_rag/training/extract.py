@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import torch
 
 from ..embeddings import Embedder
 from ..features import raw_blocks
-from ..lexical import match_features
+from ..lexical import match_features, overlap_features
 from ..pipeline import build_prompts, key_rows
 from ..profiles import attention_heads, fingerprint
 from ..scoring import query_positions
@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     from ..compressor import GemFilterCompressor
 
 FEATURE_VERSION = 3
-"""Bumped whenever what a cache entry holds changes (3: the ``key_mass`` and ``lexical`` raw blocks)."""
+"""Bumped whenever what a cache entry holds changes (3: the ``key_mass`` and ``lexical`` raw blocks). Entries of
+version 2 are still read: the blocks read from the text (``lexical``, ``overlap``) are computed from their unit
+texts, and they lack ``key_mass`` (a readout that reads it needs version 3 entries)."""
+READABLE_VERSIONS = (3, 2)
 UNIT_BUDGET = 256
 """Units are cut as for a 256-token budget (sentence pieces of at most 64 tokens)."""
 
@@ -59,11 +62,17 @@ class ExampleFeatures:
     meta: dict[str, Any]
 
 
-def cache_key(comp: GemFilterCompressor, max_layer: int, example: Example, embedder: Embedder | None) -> str:
+def cache_key(
+    comp: GemFilterCompressor,
+    max_layer: int,
+    example: Example,
+    embedder: Embedder | None,
+    version: int = FEATURE_VERSION,
+) -> str:
     """Key of one example's features: model architecture, layer, prompt settings, example, embedder."""
     cfg = comp.config
     parts = {
-        "v": FEATURE_VERSION,
+        "v": version,
         "model": fingerprint(comp.model.config),
         "quantized": getattr(comp.model, "gemfilter_quantized", None),
         "layer": max_layer,
@@ -110,8 +119,16 @@ def extract(
     iterator = progress(examples) if progress else examples
     for ex in iterator:
         path = cache / f"{cache_key(comp, max_layer, ex, embedder)}.pt"
-        if path.exists():
-            out.append(ExampleFeatures(**torch.load(path, weights_only=False)))
+        found = next(
+            (
+                p
+                for v in READABLE_VERSIONS
+                if (p := cache / f"{cache_key(comp, max_layer, ex, embedder, v)}.pt").exists()
+            ),
+            None,
+        )
+        if found is not None:
+            out.append(with_text_blocks(ExampleFeatures(**torch.load(found, weights_only=False)), ex.question))
             continue
         if cached_only:
             continue
@@ -162,5 +179,16 @@ def extract(
         tmp = path.with_suffix(".tmp")
         torch.save(record, tmp)
         os.replace(tmp, path)
-        out.append(ExampleFeatures(**record))
+        out.append(with_text_blocks(ExampleFeatures(**record), ex.question))
     return out
+
+
+def with_text_blocks(features: ExampleFeatures, question: str) -> ExampleFeatures:
+    """``features`` with the raw blocks read from the text (``lexical``, ``overlap``) computed from its unit
+    texts where the entry lacks them (no pass: they depend on the text alone)."""
+    raw = dict(features.raw)
+    if "lexical" not in raw:
+        raw["lexical"] = match_features(question, features.texts).float()
+    if "overlap" not in raw:
+        raw["overlap"] = overlap_features(question, features.texts, features.unit_docs.tolist()).float()
+    return replace(features, raw=raw)
