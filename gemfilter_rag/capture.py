@@ -17,6 +17,7 @@ generation) see the model exactly as configured.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ class LayerCapture:
     key: torch.Tensor  # (B, KV, T, D)
     scaling: float
     sliding_window: int | None
+    value: torch.Tensor | None = None  # (B, KV, T, D): the layer's values, when the pass keeps them
 
 
 class _StopForward(Exception):
@@ -55,6 +57,7 @@ class _Armed:
     record: dict[int, int] | None = None  # id(module) -> layer index, for layers captured on the way
     captured: dict[int, LayerCapture] | None = None  # layer index -> capture, filled during the pass
     observe: Callable[[int, LayerCapture], None] | None = None  # called instead of keeping the capture
+    values: bool = False  # keep each layer's values in its capture too
 
 
 _ARMED: contextvars.ContextVar[_Armed | None] = contextvars.ContextVar("gemfilter_armed", default=None)
@@ -118,7 +121,13 @@ def _dispatcher(base: str) -> Callable[..., Any]:
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = query.shape[-1] ** -0.5
-            capture = LayerCapture(query.detach(), key.detach(), float(scaling), kwargs.get("sliding_window"))
+            capture = LayerCapture(
+                query.detach(),
+                key.detach(),
+                float(scaling),
+                kwargs.get("sliding_window"),
+                value.detach() if armed.values else None,
+            )
             if id(module) in armed.target_ids:
                 raise _StopForward(capture)
             assert armed.record is not None
@@ -243,13 +252,15 @@ def capture_layer(
 def capture_layers(
     model: nn.Module,
     input_ids: torch.Tensor,
-    layers: list[int] | tuple[int, ...],
+    layers: Sequence[int],
     attention_mask: torch.Tensor | None = None,
+    values: bool = False,
 ) -> dict[int, LayerCapture]:
     """Capture the query/key of several layers in one pass; stop inside the last of them.
 
     Returns ``{layer: LayerCapture}`` for every requested layer. Calibration uses this to score
-    every layer of a probe with one forward pass instead of one per layer.
+    every layer of a probe with one forward pass instead of one per layer. With ``values`` each
+    capture holds the layer's values too (``LayerCapture.value``): what the chunk cache stores.
     """
     all_layers = decoder_layers(model)
     wanted = sorted(set(int(i) for i in layers))
@@ -261,7 +272,7 @@ def capture_layers(
     last = wanted[-1]
     record = {id(m): i for i in wanted[:-1] for m in all_layers[i].modules()}
     captured: dict[int, LayerCapture] = {}
-    armed = _Armed(frozenset(id(m) for m in all_layers[last].modules()), record, captured)
+    armed = _Armed(frozenset(id(m) for m in all_layers[last].modules()), record, captured, values=values)
     token = _ARMED.set(armed)
     try:
         with _routed(model):
@@ -398,3 +409,158 @@ def run_pass(
     with recording(model, exit_layer, rows, lengths, attention, hidden, key_rows) as out:
         model(input_ids=input_ids, attention_mask=None, use_cache=False)
     return out
+
+
+# ---------------------------------------------------------------- the cached path: tables, live pass
+
+
+def rotary_tables(model: nn.Module, length: int, layers: Sequence[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The rotary ``(cos, sin)`` tables, (length, R) each, that ``layers`` of ``model`` use at positions
+    ``0..length-1`` in a pass of ``length`` tokens, from the model's own rotary module (one call per
+    layer type: Gemma 3's sliding layers have their own). ``rope.rerotate`` moves keys with them."""
+    rotary = _rotary_module(model)
+    config: Any = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    typed = "layer_type" in inspect.signature(rotary.forward).parameters
+    embed: Any = getattr(model, "get_input_embeddings", lambda: None)()
+    weight = getattr(embed, "weight", None)
+    dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
+    x = torch.zeros(1, 1, 1, dtype=dtype, device=_device(model))  # only its dtype and device are read
+    positions = torch.arange(length, device=x.device)[None]  # (1, length)
+    by_type: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    with torch.inference_mode():
+        for layer in layers:
+            kind = types[layer] if typed and types is not None else None
+            if kind not in by_type:
+                cos, sin = rotary(x, positions, kind) if typed else rotary(x, positions)  # (1, length, R) each
+                by_type[kind] = (cos[0], sin[0])
+            out[int(layer)] = by_type[kind]
+    return out
+
+
+def _rotary_module(model: nn.Module) -> nn.Module:
+    """The model-level rotary embedding module (the one whose (cos, sin) every decoder layer receives)."""
+    layers = decoder_layers(model)
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    found = [
+        m
+        for name, m in model.named_modules()
+        if name.split(".")[-1] == "rotary_emb" and id(m) not in inside and callable(getattr(m, "forward", None))
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"model: {type(model).__name__} has {len(found)} model-level rotary embeddings (rotary_emb); the chunk "
+            "cache re-rotates keys with the model's own rotary module and needs exactly one. Use it without cache=."
+        )
+    return found[0]
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """The name the model's forward takes its key/value cache under: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (earlier 5.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def run_cached_pass(
+    model: nn.Module,
+    live_ids: torch.Tensor,
+    past: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    exit_layer: int,
+    rows: torch.Tensor,
+    attention: bool,
+    key_rows: torch.Tensor | None = None,
+) -> PassRecord:
+    """One early-exit pass of the prompt's last tokens over the context's keys and values from elsewhere.
+
+    ``past[l]`` is (key, value) of layers ``l = 0..exit_layer``, (1, KV, C, D) each, for the C context tokens
+    at positions ``0..C-1`` (post-RoPE keys, at those positions: ``rope.rerotate``; layer ``exit_layer``'s
+    values are never read and may be zeros). ``live_ids`` (N,) are the tokens at positions ``C..C+N-1``
+    (the template's middle, the question and the suffix); they run through the model's own layers
+    ``0..exit_layer`` with the context as past keys/values (a transformers ``DynamicCache``, positions
+    continuing after the context), so each of them attends to every context token as in a pass over the
+    whole prompt. ``rows`` (Q,) and ``key_rows`` (K,) are positions in the whole prompt (all of them live).
+
+    The record is the one ``recording`` gives for the whole prompt, with one exception: ``similarity`` is
+    None, because the context's hidden states never exist on this path (only its keys and values do).
+    ``attention`` and ``key_attention`` are (L, H, C + N), the exit layer's ``key`` (1, KV, C + N, D).
+    """
+    layers = decoder_layers(model)
+    if not 0 <= exit_layer < len(layers):
+        raise ValueError(f"filter_layer: {exit_layer} is outside this model's layers; use 0..{len(layers) - 1}.")
+    if len(past) != exit_layer + 1:
+        raise ValueError(
+            f"past: has {len(past)} layers of keys/values; the pass to layer {exit_layer} needs {exit_layer + 1}."
+        )
+    start = int(past[0][0].shape[2])
+    live = int(live_ids.shape[0])
+    for name, r in (("rows", rows), ("key_rows", key_rows)):
+        if r is not None and r.numel() and (int(r.min()) < start or int(r.max()) >= start + live):
+            raise ValueError(
+                f"{name}: the cached path scores only the tokens after the context (positions {start}.."
+                f"{start + live - 1}); use rows='question' or 'last'."
+            )
+    if key_rows is not None and not attention:
+        raise ValueError("key_rows: need attention=True.")
+    device = _device(model)
+    rows = rows.to(device)
+    stacks: list[torch.Tensor] = []
+    keyed: list[torch.Tensor] = []
+
+    def observe(layer: int, cap: LayerCapture) -> None:
+        q = cap.query[:, :, rows - start]  # (1, H, Q, D)
+        att = row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float()  # (H, C + N)
+        stacks.append(att)
+        if key_rows is not None:
+            kr = key_rows.to(device)  # (K,)
+            if kr.numel():
+                qk = cap.query[:, :, kr - start]  # (1, H, K, D)
+                att = row_attention(qk, cap.key, kr, cap.scaling, cap.sliding_window)[0].float()
+            keyed.append(att)  # (H, C + N)
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache(ddp_cache_data=[(k.to(device), v.to(device)) for k, v in past])
+    positions = torch.arange(start, start + live, device=device)[None]  # (1, N)
+    record = {id(m): i for i in range(exit_layer) for m in layers[i].modules()} if attention else None
+    armed = _Armed(
+        frozenset(id(m) for m in layers[exit_layer].modules()), record, observe=observe if attention else None
+    )
+    token = _ARMED.set(armed)
+    try:
+        with _routed(model):
+            model(
+                input_ids=live_ids.to(device)[None],
+                position_ids=positions,
+                use_cache=True,
+                **{_cache_argument(model): cache},
+            )
+    except _StopForward as stop:
+        cap = stop.capture
+        if attention:
+            observe(exit_layer, cap)
+        return PassRecord(
+            cap.query[:, :, rows - start],  # (1, H, Q, D)
+            cap.key,  # (1, KV, C + N, D)
+            rows,
+            cap.scaling,
+            cap.sliding_window,
+            torch.stack(stacks).cpu() if attention else None,  # (L, H, C + N)
+            None,
+            torch.stack(keyed).cpu() if key_rows is not None else None,  # (L, H, C + N)
+        )
+    finally:
+        _ARMED.reset(token)
+    raise RuntimeError(
+        f"model: layer {exit_layer} of {type(model).__name__} never called its attention function; "
+        "this architecture does not route attention through transformers' AttentionInterface."
+    )
