@@ -6,7 +6,7 @@ early-exit passes (``capture.run_pass``) behind the memory guard. It knows nothi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,60 @@ class FilterModel:
             for i, (x, _) in enumerate(inputs):
                 ids[i, : x.shape[0]] = x
         return capture.run_pass(self.model, ids.to(device), exit_layer, rows, lengths, attention, hidden, keys)
+
+    def encode(
+        self, inputs: Sequence[torch.Tensor], exit_layer: int, extra: Mapping[str, int] | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of several token sequences (T_i,) at layers ``0..exit_layer``, in one right-padded pass.
+
+        Returns per item (keys (L + 1, KV, T_i, D) post-RoPE, values (L, KV, T_i, D)) with L = ``exit_layer``:
+        what the chunk cache keeps (layer L's values are never read). Right padding is exact for every real
+        token (see ``run``). ``extra``: named bytes the memory guard counts besides the pass.
+        """
+        device = self.device
+        lengths = [int(ids.shape[0]) for ids in inputs]
+        longest = max(lengths)
+        held = memory.kv_bytes(self.model, exit_layer, len(inputs) * longest)
+        memory.check_pass(
+            self.model, longest, 1, batch=len(inputs), device=device, extra={"kept keys/values": held, **(extra or {})}
+        )
+        ids = torch.full((len(inputs), longest), self.pad_id, dtype=torch.long)  # (B, T)
+        for i, x in enumerate(inputs):
+            ids[i, : x.shape[0]] = x
+        caps = capture.capture_layers(self.model, ids.to(device), list(range(exit_layer + 1)), values=True)
+        out = []
+        for i, n in enumerate(lengths):
+            keys = torch.stack([caps[layer].key[i, :, :n] for layer in range(exit_layer + 1)])  # (L + 1, KV, n, D)
+            values = [caps[layer].value[i, :, :n] for layer in range(exit_layer)]  # type: ignore[index]
+            first = keys[0]
+            stacked = torch.stack(values) if values else first.new_zeros((0, *first.shape))  # (L, KV, n, D)
+            out.append((keys, stacked))
+        return out
+
+    def run_cached(
+        self,
+        live_ids: torch.Tensor,
+        past: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        exit_layer: int,
+        rows: torch.Tensor,
+        attention: bool,
+        key_rows: torch.Tensor | None = None,
+        extra: Mapping[str, int] | None = None,
+    ) -> PassRecord:
+        """One cached pass (``capture.run_cached_pass``) behind the memory guard: ``live_ids`` (N,) over the
+        context's keys and values ``past`` (layers ``0..exit_layer``, (1, KV, C, D) each)."""
+        context = int(past[0][0].shape[2])
+        memory.check_cached_pass(
+            self.model,
+            context,
+            int(live_ids.shape[0]),
+            int(rows.numel()),
+            exit_layer=exit_layer,
+            device=self.device,
+            recorded_layers=(exit_layer + 1) * (2 if key_rows is not None else 1) if attention else 0,
+            extra=extra,
+        )
+        return capture.run_cached_pass(self.model, live_ids, past, exit_layer, rows, attention, key_rows)
 
     @property
     def pad_id(self) -> int:

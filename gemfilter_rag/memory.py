@@ -13,6 +13,11 @@ layer plus what scoring holds:
 * the MLP intermediate (B, T, I), about three of them alive at once (gate, up, their product);
 * the captured q/k of the filter layer, and the scoring rows (B, H, Q, T) in float32.
 
+The cached path (``estimate_cached_pass``) runs only the prompt's last N tokens over the context's C cached
+keys and values: its peak is those keys and values (assembled, and copied once into transformers' cache),
+the N tokens' working set against C + N keys, and the recorded attention. Either check may count
+``extra`` bytes as well: the chunk cache's room to grow in memory, on the CPU.
+
 ``check_pass`` compares the estimate with the memory available on the model's device
 (``MemAvailable`` and the cgroup limit on CPU, ``torch.cuda.mem_get_info`` plus the caching
 allocator's free blocks on CUDA) and raises ``InsufficientMemoryError`` with the estimate and
@@ -23,6 +28,7 @@ the options, instead of letting the operating system kill the process. Set
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ GIB = 1 << 30
 HEADROOM = 0.9
 """Use at most this fraction of the available memory, leaving room for the allocator and the rest."""
 _PREFIX = "gemfilter+"
+CACHE_ROOM = "chunk cache (room to grow)"
+"""Name of the ``extra`` part that counts what a ``ChunkCache`` may still take in memory."""
 
 
 class InsufficientMemoryError(MemoryError):
@@ -84,6 +92,19 @@ def _shape(model: Any) -> _Shape | None:
     return _Shape(hidden, inter, heads, kv, head_dim, int(window) if window else None)
 
 
+def kv_bytes(model: Any, exit_layer: int, tokens: int) -> int:
+    """Bytes of ``tokens`` tokens' keys at layers ``0..exit_layer`` and values at ``0..exit_layer-1`` in the
+    model's dtype (what an encoding pass keeps; 0 when the config does not give the shape)."""
+    s = _shape(model)
+    if s is None:
+        return 0
+    try:
+        item = next(model.parameters()).element_size()
+    except StopIteration:  # pragma: no cover - a model without parameters
+        item = 4
+    return (2 * exit_layer + 1) * tokens * s.kv_heads * s.head_dim * item
+
+
 def attn_implementation_of(model: Any) -> str:
     """The model's configured attention implementation, without GemFilter's routing prefix."""
     cfg = model.config
@@ -99,6 +120,7 @@ def estimate_pass(
     batch: int = 1,
     attn_implementation: str | None = None,
     recorded_layers: int = 0,
+    extra: Mapping[str, int] | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one filter pass over ``batch`` prompts of ``seq_len`` tokens.
 
@@ -109,6 +131,8 @@ def estimate_pass(
         batch: prompts per pass (B).
         attn_implementation: default: the model's configured one.
         recorded_layers: layers whose question attention the readout keeps, (B, H, T) float32 each.
+        extra: named bytes held besides the pass (keys and values kept by an encoding pass, the chunk
+            cache's room to grow), added to the total.
     """
     s = _shape(model)
     if s is None:
@@ -156,7 +180,59 @@ def estimate_pass(
     if recorded:
         parts["recorded attention"] = recorded
     total = parts["hidden states"] + parts["rotary"] + mask + max(layer_peak, scoring) + recorded
+    for name, n in (extra or {}).items():
+        parts[name] = int(n)
+        total += int(n)
     return MemoryEstimate(total=int(total), parts=parts, seq_len=t, batch=b, attn_implementation=attn)
+
+
+def estimate_cached_pass(
+    model: Any,
+    context_tokens: int,
+    live_tokens: int,
+    query_rows: int,
+    *,
+    exit_layer: int,
+    attn_implementation: str | None = None,
+    recorded_layers: int = 0,
+    extra: Mapping[str, int] | None = None,
+) -> MemoryEstimate:
+    """Estimate the peak memory of one cached pass: ``live_tokens`` (N) over ``context_tokens`` (C) cached
+    tokens' keys and values at layers ``0..exit_layer`` (see the module; arguments as ``estimate_pass``)."""
+    s = _shape(model)
+    if s is None:
+        raise ValueError(
+            f"model: the config of {type(model).__name__} has no hidden_size/num_attention_heads; "
+            "cannot estimate the memory of a filter pass."
+        )
+    attn = attn_implementation or attn_implementation_of(model)
+    try:
+        item = next(model.parameters()).element_size()
+    except StopIteration:  # pragma: no cover - a model without parameters
+        item = 4
+    c, n, t = context_tokens, live_tokens, context_tokens + live_tokens
+    q = max(1, min(query_rows, n))
+    f32 = 4
+    kv = 2 * (exit_layer + 1) * s.kv_heads * s.head_dim * item
+    parts = {
+        "past keys/values": 2 * kv * c,  # assembled, and the cache's own copy
+        "hidden states": 3 * n * s.hidden * item,
+        "mask": n * t * (item if attn == "eager" else 1),
+    }
+    kernel = 2 * s.heads * n * t * max(item, f32) if attn == "eager" else 2 * s.heads * n * s.head_dim * item
+    attention = kernel + 2 * s.heads * t * s.head_dim * item  # and k/v repeated to H heads
+    mlp = n * s.hidden * item + 3 * n * s.intermediate * item
+    scoring = 4 * s.heads * q * t * f32 + (s.heads + s.kv_heads) * t * s.head_dim * f32
+    parts["attention" if attention >= mlp else "mlp"] = max(attention, mlp)
+    parts["capture and scoring"] = scoring
+    recorded = recorded_layers * s.heads * t * f32
+    if recorded:
+        parts["recorded attention"] = recorded
+    total = parts["past keys/values"] + parts["hidden states"] + parts["mask"] + max(attention, mlp, scoring) + recorded
+    for name, b in (extra or {}).items():
+        parts[name] = int(b)
+        total += int(b)
+    return MemoryEstimate(total=int(total), parts=parts, seq_len=t, batch=1, attn_implementation=attn)
 
 
 def available_bytes(device: torch.device | str) -> int | None:
@@ -215,6 +291,7 @@ def check_pass(
     batch: int = 1,
     device: torch.device | str | None = None,
     recorded_layers: int = 0,
+    extra: Mapping[str, int] | None = None,
 ) -> MemoryEstimate | None:
     """Estimate a filter pass and raise ``InsufficientMemoryError`` if it would not fit.
 
@@ -223,7 +300,38 @@ def check_pass(
     """
     if not guard_enabled() or _shape(model) is None:
         return None
-    estimate = estimate_pass(model, seq_len, query_rows, batch=batch, recorded_layers=recorded_layers)
+    estimate = estimate_pass(model, seq_len, query_rows, batch=batch, recorded_layers=recorded_layers, extra=extra)
+    return _check(model, estimate, device)
+
+
+def check_cached_pass(
+    model: Any,
+    context_tokens: int,
+    live_tokens: int,
+    query_rows: int,
+    *,
+    exit_layer: int,
+    device: torch.device | str | None = None,
+    recorded_layers: int = 0,
+    extra: Mapping[str, int] | None = None,
+) -> MemoryEstimate | None:
+    """``check_pass`` for a cached pass (``estimate_cached_pass``)."""
+    if not guard_enabled() or _shape(model) is None:
+        return None
+    estimate = estimate_cached_pass(
+        model,
+        context_tokens,
+        live_tokens,
+        query_rows,
+        exit_layer=exit_layer,
+        recorded_layers=recorded_layers,
+        extra=extra,
+    )
+    return _check(model, estimate, device)
+
+
+def _check(model: Any, estimate: MemoryEstimate, device: torch.device | str | None) -> MemoryEstimate:
+    seq_len, batch = estimate.seq_len, estimate.batch
     if device is None:
         try:
             device = next(model.parameters()).device
@@ -236,6 +344,8 @@ def check_pass(
             if estimate.attn_implementation == "eager"
             else ""
         )
+        if CACHE_ROOM in estimate.parts:
+            hint += f"; the chunk cache may still take {_gib(estimate.parts[CACHE_ROOM])}: lower ChunkCache(max_bytes=)"
         raise InsufficientMemoryError(
             f"documents: a filter pass over {seq_len} tokens (batch {batch}) needs about {estimate.describe()} "
             f"but only {_gib(room)} is available on {torch.device(device)}; pass fewer or shorter documents, "

@@ -145,6 +145,17 @@ def query_token_spans(tokenizer: Any, query: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
 
 
+def frame_ids(tokenizer: Any, *, separator: str, template: str, use_chat_template: bool) -> tuple[list[int], list[int]]:
+    """The token ids of the prompt's prefix (everything before the first document) and of the separator
+    between documents, exactly as ``build_prompt`` tokenizes them: the shared start of every cached chunk."""
+    prefix, _, _ = prompt_frame(tokenizer, template, use_chat_template)
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    return ids(prefix), ids(separator)
+
+
 def build_prompt(
     tokenizer: Any, documents: Sequence[str], query: str, *, separator: str, template: str, use_chat_template: bool
 ) -> FilterPrompt:
