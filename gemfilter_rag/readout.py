@@ -111,12 +111,31 @@ def variant_extras(name: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ReadoutSet:
-    """The trained readouts of one model: one per combination of optional inputs, all at one layer."""
+    """The trained readouts of one model: one per combination of optional inputs, all at one layer.
+
+    ``cached``: the readouts of the cached path (``GemFilterCompressor(cache=...)``), trained on what that
+    path records (no hidden-state similarities; chunks encoded apart), stored beside these in the profile
+    (under "cached" in the readout's JSON); None until one is trained.
+    """
 
     layer: int
     heads: int
     variants: dict[str, Readout]
     provenance: dict[str, Any] = field(default_factory=dict)
+    cached: ReadoutSet | None = None
+
+    def __post_init__(self) -> None:
+        if self.cached is None:
+            return
+        if self.cached.cached is not None:
+            raise ValueError("cached: a cache-mode readout holds no cache-mode readout of its own.")
+        if self.cached.uses_hidden:
+            raise ValueError(
+                f"cached: reads hidden-state similarities (blocks {list(self.cached.blocks)}); the cached path has "
+                "no hidden states of the context. Train it on the cached path's records."
+            )
+        if self.cached.heads != self.heads:
+            raise ValueError(f"cached: is for {self.cached.heads} heads, the readout for {self.heads}.")
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -154,6 +173,7 @@ class ReadoutSet:
                 for k, v in self.variants.items()
             },
             "provenance": self.provenance,
+            **({"cached": self.cached.to_dict()} if self.cached is not None else {}),
         }
 
     @classmethod
@@ -170,4 +190,5 @@ class ReadoutSet:
         for k, v in variants.items():
             if tuple(v.extras) != variant_extras(k):
                 raise ValueError(f"readout variant {k!r}: extras {list(v.extras)} do not match its name.")
-        return cls(layer, heads, variants, dict(data.get("provenance", {})))
+        cached = cls.from_dict(data["cached"]) if data.get("cached") else None
+        return cls(layer, heads, variants, dict(data.get("provenance", {})), cached)

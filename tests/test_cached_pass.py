@@ -92,7 +92,6 @@ def reference_attention(arch: str, prompt: FilterPrompt, rows: torch.Tensor) -> 
 
     eager = build_model(arch, "eager")
     group, enc, c = groups(prompt)
-    p = prompt.doc_offsets[0]
     ids = prompt.input_ids
     past = DynamicCache()
     with torch.inference_mode():
@@ -173,7 +172,9 @@ def test_layer_zero_and_the_first_document_are_exact(arch: str) -> None:
         if layer < LAYER:
             assert v is not None
             torch.testing.assert_close(past[layer][1][0, :, :first], v[0, :, :first], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(past[1][0][0, :, first:], caps[1].key[0, :, first:context], atol=1e-3)  # the approximation
+    assert not torch.allclose(
+        past[1][0][0, :, first:], caps[1].key[0, :, first:context], atol=1e-3
+    )  # the approximation
 
 
 # ---------------------------------------------------------------- exact: several documents, every layer
@@ -203,7 +204,9 @@ def test_block_diagonal_at_joint_positions_is_exact_at_layer_zero_only(arch: str
         m[..., c:, :] = block_mask(torch.full((t,), -1), pos, window)[..., c:, :]
         return m
 
-    masks: Any = {"full_attention": mask(None), "sliding_attention": mask(GEMMA3_WINDOW)} if arch == "gemma3" else mask(None)
+    masks: Any = (
+        {"full_attention": mask(None), "sliding_attention": mask(GEMMA3_WINDOW)} if arch == "gemma3" else mask(None)
+    )
     with torch.inference_mode():
         out = build_model(arch, "eager")(
             input_ids=prompt.input_ids[None], attention_mask=masks, use_cache=False, output_attentions=True
