@@ -181,3 +181,25 @@ def test_the_memory_guard_counts_the_cache(monkeypatch: pytest.MonkeyPatch) -> N
     assert small.compress(DOCS, QUERY, top_k=20).compressed_tokens <= 20
     est = memory.estimate_cached_pass(comp.model, 300, 20, 10, exit_layer=2, extra={memory.CACHE_ROOM: 7})
     assert est.parts[memory.CACHE_ROOM] == 7 and est.parts["past keys/values"] == 2 * 2 * 3 * 2 * 16 * 4 * 300
+
+
+def test_threads_share_a_compressor_and_its_cache() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    comp = GemFilterCompressor(build_model("qwen2"), build_tokenizer(), cache=ChunkCache(), cache_mode="force")
+    items = [(DOCS[i % 4 :] + DOCS[: i % 4], q) for i in range(8) for q in (QUERY, "Who left?")]
+    alone = [comp.with_cache(ChunkCache(), cache_mode="force").compress(d, q, top_k=30) for d, q in items]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda item: comp.compress(item[0], item[1], top_k=30), items))
+    assert [r.kept_token_indices for r in together] == [r.kept_token_indices for r in alone]
+    assert comp.cache is not None and comp.cache.stats()["stored"] >= 1 + 4 + 1
+
+
+def test_score_prompt_takes_the_cached_path_too() -> None:
+    plain = GemFilterCompressor(build_model("llama"), build_tokenizer())
+    comp = plain.with_cache(ChunkCache(dtype="fp32"), cache_mode="force")
+    (prompt,) = build_prompts(comp.plan, [(DOCS[:1], QUERY)])
+    torch.testing.assert_close(comp.score_prompt(prompt, QUERY), plain.score_prompt(prompt, QUERY))
+    (several,) = build_prompts(comp.plan, [(DOCS, QUERY)])
+    scores = comp.score_prompt(several, QUERY)
+    assert scores.shape == (several.context_tokens,) and comp.cache is not None and comp.cache.stats()["stored"] == 6
