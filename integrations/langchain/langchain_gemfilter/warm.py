@@ -1,0 +1,70 @@
+"""``GemFilterCacheWarmer``: fill a compressor's chunk cache while documents are indexed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.documents import BaseDocumentTransformer, Document
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from gemfilter_rag import GemFilterCompressor
+
+
+class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
+    """A document transformer that encodes each document into the ``ChunkCache`` of a ``GemFilterCompressor``
+    (``compressor.warm``) and returns the documents unchanged: put it in the indexing pipeline, after the
+    splitter and before the vector store, so that a query later runs only its own tokens.
+
+    The text warmed is each document's ``page_content``, as ``GemFilterDocumentCompressor`` passes it to
+    ``compress`` at query time.
+
+    Args:
+        compressor: a ``GemFilterCompressor`` built with ``cache=ChunkCache(...)``, or the
+            ``GemFilterDocumentCompressor`` that will compress these documents (its compressor is used).
+        **data: the pydantic fields below.
+
+    Example::
+
+        core = GemFilterCompressor.from_pretrained(cache=ChunkCache(path="chunks.sqlite"))
+        chunks = GemFilterCacheWarmer(compressor=core).transform_documents(splitter.split_documents(docs))
+        vectorstore.add_documents(chunks)
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    batch_size: int = Field(default=8, gt=0, description="Documents encoded per filter pass.")
+
+    _compressor: GemFilterCompressor = PrivateAttr()
+
+    def __init__(self, compressor: Any, **data: Any) -> None:
+        super().__init__(**data)
+        core = getattr(compressor, "compressor", compressor)
+        if not isinstance(core, GemFilterCompressor):
+            raise TypeError(
+                f"compressor: expected a GemFilterCompressor (or a GemFilterDocumentCompressor over one), got "
+                f"{type(core).__name__}; a service's client has no local cache to warm."
+            )
+        if core.cache is None:
+            raise ValueError("compressor: has no chunk cache; build it with cache=ChunkCache(...).")
+        self._compressor = core
+
+    @property
+    def compressor(self) -> GemFilterCompressor:
+        """The compressor whose cache is filled."""
+        return self._compressor
+
+    def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
+        """Encode every document not cached yet; return the documents as they came."""
+        docs = list(documents)
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}]: expected a langchain Document, got {type(doc).__name__}.")
+        if docs:
+            self._compressor.warm([d.page_content for d in docs], batch_size=self.batch_size)
+        return docs
+
+    async def atransform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
+        """``transform_documents`` in a worker thread, so the event loop never blocks."""
+        return await asyncio.to_thread(self.transform_documents, documents, **kwargs)
