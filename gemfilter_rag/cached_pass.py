@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,13 +89,15 @@ def prompt_blocks(prompt: FilterPrompt, separator: str) -> tuple[list[int], list
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+_FINGERPRINT_LOCK = threading.Lock()
 
 
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 naming a model's weights and config: its class, its config without paths and versions, and for
     every state tensor its name, dtype, shape and an even sample of 4,096 of its values (quantised ones by
     their integers). Kept per model object; a model whose weights change in place needs a new object."""
-    found = _FINGERPRINTS.get(model)
+    with _FINGERPRINT_LOCK:
+        found = _FINGERPRINTS.get(model)
     if found is not None:
         return found
     h = hashlib.sha256(type(model).__name__.encode())
@@ -108,7 +111,8 @@ def model_fingerprint(model: nn.Module) -> str:
         for t in value if isinstance(value, (tuple, list)) else (value,):
             h.update(_tensor_sample(t))
     digest = h.hexdigest()
-    _FINGERPRINTS[model] = digest
+    with _FINGERPRINT_LOCK:
+        _FINGERPRINTS[model] = digest
     return digest
 
 

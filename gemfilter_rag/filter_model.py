@@ -121,8 +121,13 @@ class FilterModel:
 
         Returns per item (keys (L + 1, KV, T_i, D) post-RoPE, values (L, KV, T_i, D)) with L = ``exit_layer``:
         what the chunk cache keeps (layer L's values are never read). Right padding is exact for every real
-        token (see ``run``). ``extra``: named bytes the memory guard counts besides the pass.
+        token (see ``run``). ``extra``: named bytes the memory guard counts besides the pass. A dynamically
+        quantised model (int8 Linear layers, ``loading.quantize_int8``) scales its activations by the range of
+        the whole call, so there each sequence gets a pass of its own: its entry does not depend on what it was
+        encoded with.
         """
+        if len(inputs) > 1 and self.dynamic_quantized:
+            return [item for x in inputs for item in self.encode([x], exit_layer, extra)]
         device = self.device
         lengths = [int(ids.shape[0]) for ids in inputs]
         longest = max(lengths)
@@ -167,6 +172,13 @@ class FilterModel:
             extra=extra,
         )
         return capture.run_cached_pass(self.model, live_ids, past, exit_layer, rows, attention, key_rows)
+
+    @property
+    def dynamic_quantized(self) -> bool:
+        """Whether the model has dynamically quantised layers (their activation scale depends on the whole call)."""
+        if getattr(self.model, "gemfilter_quantized", None):
+            return True
+        return any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in self.model.modules())
 
     @property
     def pad_id(self) -> int:

@@ -203,3 +203,23 @@ def test_score_prompt_takes_the_cached_path_too() -> None:
     (several,) = build_prompts(comp.plan, [(DOCS, QUERY)])
     scores = comp.score_prompt(several, QUERY)
     assert scores.shape == (several.context_tokens,) and comp.cache is not None and comp.cache.stats()["stored"] == 6
+
+
+def test_a_dynamically_quantised_model_encodes_each_chunk_alone() -> None:
+    import copy
+
+    from gemfilter_rag.loading import quantize_int8
+
+    comp = GemFilterCompressor(quantize_int8(copy.deepcopy(build_model("llama"))), build_tokenizer(), filter_layer=2)
+    model = comp.plan.model
+    assert (
+        model.dynamic_quantized
+        and not GemFilterCompressor(build_model("llama"), build_tokenizer()).plan.model.dynamic_quantized
+    )
+    ids = [torch.tensor(build_tokenizer()(t)["input_ids"]) for t in DOCS[:3]]
+    together = model.encode(ids, 2)
+    for x, (keys, values) in zip(ids, together, strict=True):
+        ((alone_keys, alone_values),) = model.encode([x], 2)
+        assert torch.equal(keys, alone_keys) and torch.equal(values, alone_values)
+    cached = comp.with_cache(ChunkCache(), cache_mode="force")
+    assert cached.compress(DOCS, QUERY, top_k=30).compressed_tokens <= 30
