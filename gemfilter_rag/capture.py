@@ -507,7 +507,7 @@ def run_cached_pass(
         if r is not None and r.numel() and (int(r.min()) < start or int(r.max()) >= start + live):
             raise ValueError(
                 f"{name}: the cached path scores only the tokens after the context (positions {start}.."
-                f"{start + live - 1}); use rows='question' or 'last'."
+                f"{start + live - 1}); score with query='question' or 'last' (ScoringConfig.query)."
             )
     if key_rows is not None and not attention:
         raise ValueError("key_rows: need attention=True.")
