@@ -33,8 +33,8 @@ from .chunk_store import ChunkStore
 from .kv_pack import DTYPES, ChunkKV, Packed
 
 DEFAULT_MAX_BYTES = 512 << 20
-"""In-memory bound of a ``ChunkCache()``: 512 MiB, about 170 chunks of 256 tokens for SmolLM2-135M-Instruct up to
-layer 15 in fp16 (11.6 KiB per token; ``ChunkCache.bytes_per_token``); a larger corpus belongs in the file."""
+"""In-memory bound of a ``ChunkCache()``: 512 MiB, about 500 chunks of 256 tokens for SmolLM2-135M-Instruct up to
+layer 5 in fp16 (4.1 KiB per token; ``ChunkCache.bytes_per_token``); a larger corpus belongs in the file."""
 
 
 @dataclass(frozen=True)

@@ -223,3 +223,18 @@ def test_a_dynamically_quantised_model_encodes_each_chunk_alone() -> None:
         assert torch.equal(keys, alone_keys) and torch.equal(values, alone_values)
     cached = comp.with_cache(ChunkCache(), cache_mode="force")
     assert cached.compress(DOCS, QUERY, top_k=30).compressed_tokens <= 30
+
+
+def test_force_refuses_a_scorer_that_reads_hidden_states() -> None:
+    from gemfilter_rag.features import block_columns
+
+    model = build_model("llama")
+    extras = variant_extras("attention")
+    blocks = (*BLOCKS_V1, LAYER_BLOCKS[0])
+    w = (0.1,) * (block_columns(blocks, 3, 4) + len(extras))
+    sets = ReadoutSet(2, 4, {"attention": Readout(2, 4, extras, w, 0.0, blocks)})
+    profile = Profile("hidden", fingerprint(model.config), {"filter_layer": 2}, readout=sets.to_dict())
+    with pytest.raises(ValueError, match="hidden-state"):
+        GemFilterCompressor(model, build_tokenizer(), profile=profile, cache=ChunkCache(), cache_mode="force")
+    auto = GemFilterCompressor(model, build_tokenizer(), profile=profile, cache=ChunkCache())
+    assert not auto.uses_cache  # no cache-mode readout: the joint pass
