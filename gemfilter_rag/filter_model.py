@@ -92,7 +92,18 @@ class FilterModel:
         layer ``0..exit_layer`` is recorded too (``PassRecord.attention``); with ``hidden``, every token's
         hidden-state similarity to the rows' at the input of those layers (``PassRecord.similarity``); with
         ``key_rows`` (K_i,) per item, the mean attention of those rows too (``PassRecord.key_attention``).
+
+        On a model with int8 dynamic quantisation (``loading.quantize_int8``) every prompt runs alone: the
+        activations' scale is taken over the whole call, so a batch would change each item's result.
         """
+        if len(inputs) > 1 and getattr(self.model, "gemfilter_quantized", None) == "int8":
+            return [
+                rec
+                for i, item in enumerate(inputs)
+                for rec in self.run(
+                    [item], exit_layer, attention, hidden, [key_rows[i]] if key_rows is not None else None
+                )
+            ]
         device = self.device
         lengths = [int(ids.shape[0]) for ids, _ in inputs]
         rows = [r.to(device) for _, r in inputs]

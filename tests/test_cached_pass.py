@@ -263,4 +263,13 @@ def test_models_do_not_share_entries() -> None:
         cached(comp, prompt, rows, cache)
     assert cache.stats()["stored"] == 2 * 4
     assert model_fingerprint(build_model("llama")) != model_fingerprint(build_model("qwen2"))
-    assert model_fingerprint(build_model("llama")) == model_fingerprint(build_model("llama", "eager"))  # same weights
+    # two fresh models of the same weights (the shared tiny models' configs are touched by other tests)
+    assert model_fingerprint(fresh("llama", "sdpa")) == model_fingerprint(fresh("llama", "eager"))
+
+
+def fresh(arch: str, attn: str) -> Any:
+    from tinymodels import SEED, model_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(SEED)
+    return AutoModelForCausalLM.from_config(model_config(arch, len(build_tokenizer())), attn_implementation=attn).eval()

@@ -348,3 +348,13 @@ def test_the_overlap_block_is_z_scores_then_shares() -> None:
     assert block_columns(("overlap",), 3, 2) == 4
     with pytest.raises(ValueError, match="overlap"):
         unit_features(attention, UNITS, DOCS_OF, blocks=("mass", "overlap"))
+
+
+def test_an_int8_model_runs_each_prompt_alone_so_a_batch_equals_single_calls() -> None:
+    int8 = quantize_int8(copy.deepcopy(build_model("llama")))
+    comp = GemFilterCompressor(int8, build_tokenizer(), filter_layer=2)
+    items = [(DOCS, QUERY), (DOCS[:2], "Who left?"), (DOCS[1:], "When were startups cheap?")]
+    batched = comp.compress_batch(items, top_k=30)
+    single = [comp.compress(d, q, top_k=30) for d, q in items]
+    assert [b.kept_token_indices for b in batched] == [s.kept_token_indices for s in single]
+    assert [b.documents[0].score_share for b in batched] == [s.documents[0].score_share for s in single]
