@@ -112,6 +112,23 @@ def attn_implementation_of(model: Any) -> str:
     return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
 
 
+def _pass_basics(model: Any, attn_implementation: str | None) -> tuple[_Shape, str, int]:
+    """What every estimate needs of the model: its shape, its attention implementation and the bytes of one
+    weight; a ValueError names a config that gives no shape."""
+    s = _shape(model)
+    if s is None:
+        raise ValueError(
+            f"model: the config of {type(model).__name__} has no hidden_size/num_attention_heads; "
+            "cannot estimate the memory of a filter pass."
+        )
+    attn = attn_implementation or attn_implementation_of(model)
+    try:
+        item = next(model.parameters()).element_size()
+    except StopIteration:  # pragma: no cover - a model without parameters
+        item = 4
+    return s, attn, item
+
+
 def estimate_pass(
     model: Any,
     seq_len: int,
@@ -134,17 +151,7 @@ def estimate_pass(
         extra: named bytes held besides the pass (keys and values kept by an encoding pass, the chunk
             cache's room to grow), added to the total.
     """
-    s = _shape(model)
-    if s is None:
-        raise ValueError(
-            f"model: the config of {type(model).__name__} has no hidden_size/num_attention_heads; "
-            "cannot estimate the memory of a filter pass."
-        )
-    attn = attn_implementation or attn_implementation_of(model)
-    try:
-        item = next(model.parameters()).element_size()
-    except StopIteration:  # pragma: no cover - a model without parameters
-        item = 4
+    s, attn, item = _pass_basics(model, attn_implementation)
     b, t, q = batch, seq_len, max(1, min(query_rows, seq_len))
     f32 = 4
     tok = b * t  # (B, T) positions
@@ -199,17 +206,7 @@ def estimate_cached_pass(
 ) -> MemoryEstimate:
     """Estimate the peak memory of one cached pass: ``live_tokens`` (N) over ``context_tokens`` (C) cached
     tokens' keys and values at layers ``0..exit_layer`` (see the module; arguments as ``estimate_pass``)."""
-    s = _shape(model)
-    if s is None:
-        raise ValueError(
-            f"model: the config of {type(model).__name__} has no hidden_size/num_attention_heads; "
-            "cannot estimate the memory of a filter pass."
-        )
-    attn = attn_implementation or attn_implementation_of(model)
-    try:
-        item = next(model.parameters()).element_size()
-    except StopIteration:  # pragma: no cover - a model without parameters
-        item = 4
+    s, attn, item = _pass_basics(model, attn_implementation)
     c, n, t = context_tokens, live_tokens, context_tokens + live_tokens
     q = max(1, min(query_rows, n))
     f32 = 4
