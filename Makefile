@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 INTEGRATIONS := $(wildcard integrations/langchain/pyproject.toml integrations/llama_index/pyproject.toml integrations/haystack/pyproject.toml)
 
-.PHONY: venv wheels check-wheels bump demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-structured bench-speed bench-serve calibrate clean
+.PHONY: venv wheels check-wheels bump demo serve test test-fast test-long test-ray lint docs docs-serve bench bench-standard bench-full bench-needle bench-structured bench-speed bench-cache bench-serve calibrate clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench-structured: $(STAMP)  ## structured lookups (JSON, tables, logs, code): an
 
 bench-speed: $(STAMP)  ## filter pass vs full prefill, and end-to-end generation, on the default model
 	$(BIN)/python -m benchmarks.speed
+
+bench-cache: $(STAMP)  ## compress over 20 NQ passages with every chunk cached vs a cold call (the chunk cache's speed)
+	$(BIN)/python -m benchmarks.cache_speed
 
 bench-serve: $(STAMP)  ## the service under 1-64 concurrent clients, batching vs none, load shedding, faults (~15 min)
 	$(BIN)/python -m benchmarks.serve

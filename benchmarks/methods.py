@@ -80,7 +80,7 @@ def convert_default_model(target: Path) -> Path:
 
     from gemfilter_rag.loading import load_model
 
-    lm, tok = load_model(None, device="cpu")
+    lm, tok = load_model(None, device="cpu", quantize=None)  # float32 weights: the file is the model itself
     part = target.with_name(target.name + ".part")
     part.mkdir(parents=True, exist_ok=True)
     tied = bool(getattr(lm.config, "tie_word_embeddings", False))
@@ -178,6 +178,20 @@ class Resources:
         from gemfilter_rag import GemFilterCompressor
 
         return GemFilterCompressor.from_pretrained(str(self.model_dir), device="cpu", quantize=None)
+
+    @cached_property
+    def cached(self) -> Any:
+        """The default compressor on the chunk cache (``with_cache``): its cache-mode readout, every chunk
+        encoded alone the first time it is seen and kept (``CACHED_BENCH_BYTES``) for the later items."""
+        from gemfilter_rag import ChunkCache
+
+        comp = self.base.with_cache(ChunkCache(CACHED_BENCH_BYTES))
+        if not comp.uses_cache:
+            raise RuntimeError(
+                "gemfilter-cached: the default profile has no cache-mode readout (ReadoutSet.cached); "
+                "train one with gemfilter train-readout --cached-pass"
+            )
+        return comp
 
     def compressor(self, mode: str) -> Any:
         """A compressor sharing the base model's weights, in one of ``GEMFILTER_MODES`` ("previous": ``previous``;
@@ -336,6 +350,8 @@ def _paper_token() -> dict[str, Any]:
     return {"scoring": ScoringConfig.paper(), "granularity": "token", "scorer": "layer"}
 
 
+CACHED_BENCH_BYTES = 2 << 30
+"""Memory bound of the ``gemfilter-cached`` method's chunk cache (the NQ corpus at layer 5 is about 1 GiB)."""
 GEMFILTER_MODES: dict[str, Callable[[], dict[str, Any]]] = {
     "sentence": dict,  # the model's shipped profile as it is (the default)
     "token": _paper_token,  # the paper: last token, raw q.k summed over heads, avg pool 5, top-k tokens
@@ -374,11 +390,11 @@ class GemFilterRunner:
         self, comp: Any, mode: str, item: Item, budget: int, document_scores: Sequence[float] | None = None
     ) -> Output:
         if not self.shared:
-            return self._real(comp, item, budget, document_scores)
+            return self.plain(comp, item, budget, document_scores)
         try:
             state = self._pass(comp, item)
             if state is None or budget >= state["prompt"].context_tokens:  # windows, or nothing to cut
-                return self._real(comp, item, budget, document_scores)
+                return self.plain(comp, item, budget, document_scores)
             t0 = time.perf_counter()
             result = self._derive(comp, item, state, budget, document_scores)
             own_s = time.perf_counter() - t0
@@ -391,10 +407,11 @@ class GemFilterRunner:
         except Exception as err:  # noqa: BLE001 - any doubt: plain compress() calls from here on
             self.shared, self.fallback = False, f"{type(err).__name__}: {err}"[:300]
             self._memo.clear()
-            return self._real(comp, item, budget, document_scores)
+            return self.plain(comp, item, budget, document_scores)
         return self._output(result, state["pass_s"] + own_s, derived=True)
 
-    def _real(self, comp: Any, item: Item, budget: int, document_scores: Sequence[float] | None) -> Output:
+    def plain(self, comp: Any, item: Item, budget: int, document_scores: Sequence[float] | None) -> Output:
+        """One real ``compress`` call, timed (no shared pass)."""
         t0 = time.perf_counter()
         result = comp.compress(item.documents, item.question, top_k=budget, document_scores=document_scores)
         return self._output(result, time.perf_counter() - t0, derived=False)
@@ -474,6 +491,14 @@ def gemfilter_previous(item: Item, budget: int, res: Resources) -> Output:
 def gemfilter_float(item: Item, budget: int, res: Resources) -> Output:
     """The shipped default without int8 quantisation: the same profile and readout on float32 weights."""
     return _gemfilter(item, budget, res, "float")
+
+
+@method("gemfilter-cached", label="GemFilter (default) on the chunk cache")
+def gemfilter_cached(item: Item, budget: int, res: Resources) -> Output:
+    """The shipped default with a ``ChunkCache``: the cache-mode readout over the cached path (each chunk
+    encoded alone after the prompt's prefix, only the question's tokens through the model). Always a real
+    ``compress`` call (the joint pass the other modes share is not this path's)."""
+    return res.gemfilter.plain(res.cached, item, budget, None)
 
 
 @method("gemfilter-document", label="GemFilter (document)")

@@ -53,6 +53,20 @@ def adopt(
     return adopted if is_auto(embeddings) else adopted.with_embeddings(embeddings)
 
 
+def cache_to_warm(compressor: Any, adapter: str) -> GemFilterCompressor:
+    """The local ``GemFilterCompressor`` with a chunk cache behind ``compressor`` (itself, or the compressor of
+    the framework's ``adapter`` over one), for a cache warmer; a clear error for anything else."""
+    core = getattr(compressor, "compressor", compressor)
+    if not isinstance(core, GemFilterCompressor):
+        raise TypeError(
+            f"compressor: expected a GemFilterCompressor (or a {adapter} over one), got "
+            f"{type(core).__name__}; a service's client has no local cache to warm."
+        )
+    if core.cache is None:
+        raise ValueError("compressor: has no chunk cache; build it with cache=ChunkCache(...).")
+    return core
+
+
 def check_sources(model: str | None, endpoint: str | None, embeddings: Any) -> None:
     """Refuse what a service cannot honour: a local model or embedding model next to ``endpoint``."""
     if endpoint is None:

@@ -222,21 +222,25 @@ def past_of(
     tables_to = capture.rotary_tables(model.model, total, range(layer + 1))
     parts: list[tuple[ChunkKV, int]] = [(entries[who.prefix_key(frame).digest()], -1)] if p else []
     parts += [(entries[who.key(frame, b.text, b.ids).digest()], b.start) for b in blocks]
+    # every block's tokens at once: their places when encoded (p..p+n-1) and in the prompt (start..start+n-1)
+    src = torch.cat([torch.arange(p, p + kv.tokens) for kv, start in parts if start >= 0] or [torch.zeros(0)]).long()
+    dst = torch.cat([torch.arange(start, start + kv.tokens) for kv, start in parts if start >= 0] or [torch.zeros(0)])
+    dst = dst.long()
+    head = parts[0][0].tokens if p else 0  # the prefix's tokens lead and stay where they are
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
     for lyr in range(layer + 1):
         cos_a, sin_a = (t.float() for t in tables_from[lyr])  # (longest, R)
         cos_b, sin_b = (t.float() for t in tables_to[lyr])  # (total, R)
-        keys, values = [], []
-        for kv, start in parts:
-            k = kv.keys[lyr].to(device)  # (KV, n, D)
-            if start >= 0:  # a block: from P..P+n-1 to start..start+n-1
-                n = kv.tokens
-                k = rerotate(k, cos_a[p : p + n], sin_a[p : p + n], cos_b[start : start + n], sin_b[start : start + n])
-            keys.append(k)
-            values.append(kv.values[lyr].to(device) if lyr < layer else torch.zeros_like(k))
-        k_all = torch.cat(keys, dim=1)[None]  # (1, KV, C, D)
-        v_all = torch.cat(values, dim=1)[None]  # (1, KV, C, D)
-        past.append((k_all.to(dtype), v_all.to(dtype)))
+        k_all = torch.cat([kv.keys[lyr] for kv, _ in parts], dim=1).to(device)  # (KV, C, D)
+        if len(src):  # the blocks: from P.. to their place, in one call (the tables are per token)
+            a, b = src.to(cos_a.device), dst.to(cos_b.device)
+            moved = rerotate(k_all[:, head:], cos_a[a], sin_a[a], cos_b[b], sin_b[b])  # (KV, C - P, D)
+            k_all = torch.cat((k_all[:, :head], moved), dim=1)
+        if lyr < layer:
+            v_all = torch.cat([kv.values[lyr] for kv, _ in parts], dim=1).to(device)  # (KV, C, D)
+        else:
+            v_all = torch.zeros_like(k_all)
+        past.append((k_all[None].to(dtype), v_all[None].to(dtype)))  # (1, KV, C, D) each
     return past
 
 

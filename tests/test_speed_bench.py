@@ -74,3 +74,22 @@ def test_stage_times_time_what_compress_does(readout: bool) -> None:
     got = stage_times(comp, docs, "What does Cambridge tell you?", 40)  # raises if it kept other tokens
     assert tuple(got) == STAGES and all(v >= 0 for v in got.values())
     assert got["pass"] > 0
+
+
+def test_cache_speed_ratio_summary_is_a_geometric_mean_with_an_interval_around_it() -> None:
+    from benchmarks.cache_speed import markdown, ratio_summary
+
+    s = ratio_summary([0.05, 0.2, 0.1, 0.1])
+    assert s["geomean"] == pytest.approx(0.1)
+    assert 0.05 <= s["ci_low"] <= s["geomean"] <= s["ci_high"] <= 0.2
+    assert ratio_summary([0.3] * 5)["ci_low"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="ratios"):
+        ratio_summary([0.1, 0.0])
+    summary = {
+        "n": 4, "repeats": 1, "budget": 256, "ratio": s, "first_over_cold": s, "at_most_0.1": 3,
+        "median_cold_s": 1.0, "median_cached_s": 0.1, "median_first_s": 0.9, "same_as_first": 4,
+        "same_as_cold": 2, "bytes_per_token": {"fp16": 4224.0, "int8": 2140.0}, "cache_layer": 5,
+        "machine": {"cpu": "test CPU", "torch_threads": 1},
+    }  # fmt: skip
+    table = markdown(summary)
+    assert "| every chunk cached | 0.100 | 0.100 [" in table and "3 of 4" in table and "3.93 GiB" in table

@@ -246,7 +246,18 @@ def test_train_readout_command_on_a_tiny_model(tmp_path: Path, monkeypatch: pyte
 
     out = tmp_path / "out"
     code = main(
-        ["train-readout", "--model", str(model_dir), "--out", str(out), "--no-embeddings", "--max-layer", "1"]
+        [
+            "train-readout",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--no-embeddings",
+            "--nq",
+            "0",
+            "--max-layer",
+            "1",
+        ]
         + ["--folds", "2", "--budget", "16", "--name", "Tiny Qwen", "--structured", "5"]
     )
     assert code == 0 and seen[0].structured == 5
@@ -329,3 +340,87 @@ def test_entries_of_feature_version_2_are_read_with_their_text_blocks(tmp_path: 
     assert "key_mass" not in again.raw
     assert torch.equal(again.raw["lexical"], fresh.raw["lexical"])
     assert torch.equal(again.raw["overlap"], fresh.raw["overlap"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_cached_pass_features_match_the_joint_pass_at_layer_0_and_read_no_hidden_states(
+    tmp_path: Path, arch: str
+) -> None:
+    """The cached path's records (each document encoded alone after the prefix) give the joint pass's
+    attention at layer 0, where nothing has mixed yet (up to the cache's fp16 rounding), differ beyond it, and
+    hold no hidden-state blocks."""
+    comp = GemFilterCompressor(build_model(arch), build_tokenizer())
+    examples = _examples()[:3]
+    joint = extract(comp, examples, 2, tmp_path)
+    cached = extract(comp, examples, 2, tmp_path, mode="cached")
+    heads = joint[0].heads
+    for j, c in zip(joint, cached, strict=True):
+        assert c.units == j.units and torch.equal(c.labels, j.labels)
+        assert set(c.raw) == set(j.raw) - {"sim_mean", "sim_max"}
+        for name in ("mass", "mean", "max", "key_mass"):
+            torch.testing.assert_close(c.raw[name][:, :heads], j.raw[name][:, :heads], atol=2e-3, rtol=2e-3)
+        assert not torch.allclose(c.raw["mass"][:, 2 * heads :], j.raw["mass"][:, 2 * heads :], atol=1e-4)
+        assert torch.equal(c.raw["overlap"], j.raw["overlap"])
+    again = extract(comp, examples, 2, tmp_path, mode="cached", cached_only=True)  # its own cache entries
+    assert [torch.equal(a.raw["mass"], b.raw["mass"]) for a, b in zip(again, cached, strict=True)] == [True] * 3
+    with pytest.raises(ValueError, match="mode"):
+        extract(comp, examples, 2, tmp_path, mode="fused")
+
+
+def test_train_readout_cached_mode_refuses_hidden_blocks_and_trains_without_them(tmp_path: Path) -> None:
+    comp = GemFilterCompressor(build_model("llama"), build_tokenizer())
+    examples = _examples()
+    kw: dict[str, Any] = {"embedder": None, "max_layer": 1, "budget": 16, "folds": 2, "cache": tmp_path}
+    with pytest.raises(ValueError, match="sim_mean"):
+        train_readout(comp, examples, mode="cached", log=lambda s: None, **kw)
+    readouts, report = train_readout(
+        comp, examples, mode="cached", blocks=training.CACHED_BLOCKS, log=lambda s: None, **kw
+    )
+    assert not readouts.uses_hidden and readouts.provenance["mode"] == "cached"
+    from gemfilter_rag.features import LAYER_BLOCKS
+
+    hidden = {name for name, subset in training.ABLATIONS.items() if set(subset) & set(LAYER_BLOCKS)}
+    assert "+hidden" in hidden and report.ablations and not set(report.ablations) & hidden
+    assert set(report.ablations) == set(training.ABLATIONS) - hidden
+
+
+def test_train_readout_command_stores_the_cache_mode_readout_beside_the_joint_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = tmp_path / "tiny"
+    build_model("llama").save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    import gemfilter_rag.profiles as profiles
+    import gemfilter_rag.training as training
+    from gemfilter_rag.profiles import Profile, fingerprint
+
+    monkeypatch.setattr(training, "build_examples", lambda tok, emb, sizes, seed=0: _examples())
+    monkeypatch.setenv("GEMFILTER_CACHE", str(tmp_path / "cache"))
+    from gemfilter_rag.cli import main
+
+    base = [
+        "train-readout",
+        "--model",
+        str(model_dir),
+        "--no-embeddings",
+        "--nq",
+        "0",
+        "--max-layer",
+        "1",
+        "--folds",
+        "2",
+    ]
+    base += ["--budget", "16", "--no-ablations"]
+    assert main([*base, "--cached-pass", "--out", str(tmp_path / "x")]) == 2  # no joint readout to go beside
+    assert main([*base, "--out", str(tmp_path / "joint"), "--name", "tiny"]) == 0
+    joint = Profile.load(tmp_path / "joint" / "tiny.json")
+    assert joint.match == fingerprint(build_model("llama").config)
+    monkeypatch.setattr(profiles, "find_profile", lambda config: joint)
+    bad = [*base, "--cached-pass", "--out", str(tmp_path / "y"), "--blocks", "mass", "sim_mean"]
+    assert main(bad) == 2
+    assert main([*base, "--cached-pass", "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "tiny.json").read_text())
+    readouts = ReadoutSet.from_dict(both["readout"])
+    assert readouts.to_dict()["variants"] == joint.readout["variants"]  # the joint readout as it was
+    assert readouts.cached is not None and not readouts.cached.uses_hidden
+    assert readouts.cached.provenance["mode"] == "cached"

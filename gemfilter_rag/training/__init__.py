@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 VARIANTS = ("attention", "attention+retriever", "attention+embedding", "attention+embedding+retriever")
 BLOCKS = CHANNEL_BLOCKS + LAYER_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS + TERM_BLOCKS
 """The blocks a readout is trained on by default: every one the pass and the text give."""
+CACHED_BLOCKS = CHANNEL_BLOCKS + KEY_BLOCKS + TEXT_BLOCKS + TERM_BLOCKS
+"""The blocks of a cache-mode readout by default: all but the hidden-state ones (the cached path has none)."""
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "mass+mean+doc (v1)": BLOCKS_V1,
     "+max": (*BLOCKS_V1, "max"),
@@ -187,6 +189,7 @@ def train_readout(
     ablations: dict[str, tuple[str, ...]] | None = None,
     cached_only: bool = False,
     cache: Path | None = None,
+    mode: str = "joint",
     progress: Callable[[Any], Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ReadoutSet, TrainingReport]:
@@ -194,13 +197,22 @@ def train_readout(
 
     ``blocks``: the feature blocks the readouts read (``features.ALL_BLOCKS``; default ``BLOCKS``: all of them);
     ``ablations``: block sets cross-validated at the chosen layer beside it (default ``ABLATIONS``; {}: none);
-    ``cached_only``: fit on the examples whose features are cached already (re-fitting without a pass).
+    ``cached_only``: fit on the examples whose features are cached already (re-fitting without a pass);
+    ``mode``: "joint" (one pass over each prompt) or "cached" (the chunk cache's path, ``extract.MODES``: the
+    readout for ``ReadoutSet.cached``; it reads no hidden-state blocks, which that path does not record).
     """
     import time
 
+    if mode == "cached" and any(b in LAYER_BLOCKS for b in blocks):
+        raise ValueError(
+            f"blocks: {[b for b in blocks if b in LAYER_BLOCKS]} read hidden states, which the cached path does not "
+            f"record; leave them out (e.g. blocks=CACHED_BLOCKS)."
+        )
     t0 = time.perf_counter()
     folder = cache or cache_dir() / "readout" / "features"
-    feats: list[ExampleFeatures] = extract(comp, examples, max_layer, folder, embedder, progress, cached_only)
+    feats: list[ExampleFeatures] = extract(
+        comp, examples, max_layer, folder, embedder, progress, cached_only, mode=mode
+    )
     t1 = time.perf_counter()
     counts: dict[str, int] = {}
     for f in feats:
@@ -216,6 +228,8 @@ def train_readout(
     usable = [v for v in VARIANTS if embedder is not None or v == "attention"]
     report = TrainingReport(per_layer, chosen, examples=counts)
     for name, subset in (ABLATIONS if ablations is None else ablations).items():
+        if mode == "cached" and any(b in LAYER_BLOCKS for b in subset):
+            continue  # the cached path records no hidden states
         lacking = sorted({b for b in subset if b in KEY_BLOCKS for f in feats if b not in f.raw})
         if lacking:  # entries cached before the block existed
             log(f"blocks {name}: skipped, cached entries lack {lacking}")
@@ -251,6 +265,7 @@ def train_readout(
         "cv_block_ablations": {k: v["answer_kept"] for k, v in report.ablations.items()},
         "blocks": list(blocks),
         "quantized": getattr(comp.model, "gemfilter_quantized", None),
+        "mode": mode,
     }
     heads = feats[0].heads
     return ReadoutSet(chosen, heads, readouts, provenance), report

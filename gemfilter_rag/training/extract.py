@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .. import cached_pass
+from ..chunk_cache import ChunkCache
 from ..embeddings import Embedder
 from ..features import raw_blocks
 from ..lexical import match_features, overlap_features
@@ -40,6 +42,12 @@ texts, and they lack ``key_mass`` (a readout that reads it needs version 3 entri
 READABLE_VERSIONS = (3, 2)
 UNIT_BUDGET = 256
 """Units are cut as for a 256-token budget (sentence pieces of at most 64 tokens)."""
+MODES = ("joint", "cached")
+"""How an example's pass runs: "joint", one pass over the whole prompt (``FilterModel.run``); "cached", the
+chunk cache's path (``cached_pass.cached_record``: every document encoded alone after the prefix, only the
+prompt's last tokens through the model), which records no hidden states (no ``features.LAYER_BLOCKS``)."""
+TRAINING_CACHE_BYTES = 256 << 20
+"""Memory bound of the chunk cache a "cached" extraction fills (entries of repeated chunks are reused)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,10 @@ def cache_key(
     example: Example,
     embedder: Embedder | None,
     version: int = FEATURE_VERSION,
+    mode: str = "joint",
 ) -> str:
-    """Key of one example's features: model architecture, layer, prompt settings, example, embedder."""
+    """Key of one example's features: model architecture, layer, prompt settings, example, embedder, and
+    the pass's mode when it is not the joint one (joint keys are those of earlier versions)."""
     cfg = comp.config
     parts = {
         "v": version,
@@ -82,6 +92,7 @@ def cache_key(
         "query": cfg.scoring.query,
         "example": [example.question, example.documents, example.positives, example.answers],
         "embedder": embedder.name if embedder else None,
+        **({"mode": mode} if mode != "joint" else {}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -109,21 +120,27 @@ def extract(
     embedder: Embedder | None = None,
     progress: Callable[[Any], Any] | None = None,
     cached_only: bool = False,
+    mode: str = "joint",
 ) -> list[ExampleFeatures]:
     """Features of every example that fits one pass of the model (longer ones are skipped); with
-    ``cached_only``, of the examples whose features are in ``cache`` already (no pass at all)."""
+    ``cached_only``, of the examples whose features are in ``cache`` already (no pass at all); ``mode``: the
+    pass, "joint" or "cached" (``MODES``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not a pass; use one of {list(MODES)}.")
     probe = comp.with_options(filter_layer=max_layer, scorer="layer")
+    chunks = ChunkCache(TRAINING_CACHE_BYTES) if mode == "cached" else None
+    who = cached_pass.identity(probe.plan.model, max_layer) if chunks is not None else None
     heads = attention_heads(comp.model.config)
     cache.mkdir(parents=True, exist_ok=True)
     out: list[ExampleFeatures] = []
     iterator = progress(examples) if progress else examples
     for ex in iterator:
-        path = cache / f"{cache_key(comp, max_layer, ex, embedder)}.pt"
+        path = cache / f"{cache_key(comp, max_layer, ex, embedder, mode=mode)}.pt"
         found = next(
             (
                 p
                 for v in READABLE_VERSIONS
-                if (p := cache / f"{cache_key(comp, max_layer, ex, embedder, v)}.pt").exists()
+                if (p := cache / f"{cache_key(comp, max_layer, ex, embedder, v, mode)}.pt").exists()
             ),
             None,
         )
@@ -139,10 +156,15 @@ def extract(
         flat, docs = units.units, units.documents
         rows = query_positions(prompt.length, prompt.query_start, probe.config.scoring.query)
         keys = key_rows(probe.plan, prompt, ex.question)  # (K,)
-        (item,) = probe.plan.model.run(
-            [(prompt.input_ids, rows)], max_layer, attention=True, hidden=True, key_rows=[keys]
-        )
-        assert item.attention is not None and item.similarity is not None and item.key_attention is not None
+        if chunks is not None and who is not None:
+            item = cached_pass.cached_record(
+                probe.plan.model, chunks, who, prompt, probe.config.separator, rows, True, keys
+            )
+        else:
+            (item,) = probe.plan.model.run(
+                [(prompt.input_ids, rows)], max_layer, attention=True, hidden=True, key_rows=[keys]
+            )
+        assert item.attention is not None and item.key_attention is not None
         positions = prompt.context_positions()
         starts = [0]
         for d in prompt.documents:
@@ -150,9 +172,9 @@ def extract(
         texts = [unit_text(prompt, d, u, starts[d]) for u, d in zip(flat, docs, strict=True)]
         raw = raw_blocks(
             item.attention[:, :, positions],
-            item.similarity[:, positions],
+            item.similarity[:, positions] if item.similarity is not None else None,
             flat,
-            hidden=True,
+            hidden=item.similarity is not None,
             key_attention=item.key_attention[:, :, positions],
             lexical=match_features(ex.question, texts),
         )

@@ -10,6 +10,7 @@ from langchain_core.documents import BaseDocumentTransformer, Document
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.adapting import cache_to_warm
 
 
 class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
@@ -40,15 +41,7 @@ class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
 
     def __init__(self, compressor: Any, **data: Any) -> None:
         super().__init__(**data)
-        core = getattr(compressor, "compressor", compressor)
-        if not isinstance(core, GemFilterCompressor):
-            raise TypeError(
-                f"compressor: expected a GemFilterCompressor (or a GemFilterDocumentCompressor over one), got "
-                f"{type(core).__name__}; a service's client has no local cache to warm."
-            )
-        if core.cache is None:
-            raise ValueError("compressor: has no chunk cache; build it with cache=ChunkCache(...).")
-        self._compressor = core
+        self._compressor = cache_to_warm(compressor, "GemFilterDocumentCompressor")
 
     @property
     def compressor(self) -> GemFilterCompressor:

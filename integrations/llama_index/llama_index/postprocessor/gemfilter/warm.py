@@ -10,6 +10,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
 from gemfilter_rag import GemFilterCompressor
+from gemfilter_rag.adapting import cache_to_warm
 
 
 class GemFilterCacheWarmer(TransformComponent):
@@ -37,15 +38,7 @@ class GemFilterCacheWarmer(TransformComponent):
 
     def __init__(self, compressor: Any, **data: Any) -> None:
         super().__init__(**data)
-        core = getattr(compressor, "compressor", compressor)
-        if not isinstance(core, GemFilterCompressor):
-            raise TypeError(
-                f"compressor: expected a GemFilterCompressor (or a GemFilterNodePostprocessor over one), got "
-                f"{type(core).__name__}; a service's client has no local cache to warm."
-            )
-        if core.cache is None:
-            raise ValueError("compressor: has no chunk cache; build it with cache=ChunkCache(...).")
-        self._compressor = core
+        self._compressor = cache_to_warm(compressor, "GemFilterNodePostprocessor")
 
     @classmethod
     def class_name(cls) -> str:
