@@ -454,8 +454,19 @@ def rotary_tables(model: nn.Module, length: int, layers: Sequence[int]) -> dict[
     return out
 
 
+_ROTARY: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
 def _rotary_module(model: nn.Module) -> nn.Module:
-    """The model-level rotary embedding module (the one whose (cos, sin) every decoder layer receives)."""
+    """The model-level rotary embedding module (the one whose (cos, sin) every decoder layer receives), found
+    once per model object."""
+    found = _ROTARY.get(model)
+    if found is None:
+        found = _ROTARY[model] = _find_rotary_module(model)
+    return found
+
+
+def _find_rotary_module(model: nn.Module) -> nn.Module:
     layers = decoder_layers(model)
     inside = {id(m) for layer in layers for m in layer.modules()}
     found = [
