@@ -165,7 +165,10 @@ def test_real_model_identity_and_compressed_answer(real_compressor: Any) -> None
     query = "What is the secret passcode of the lighthouse?"
     full = real_compressor.generate(docs, query, max_new_tokens=16, top_k=100_000)
     expected = _plain_generate(real_compressor, docs, query, max_new_tokens=16, do_sample=False)
-    assert full.token_ids == expected[: len(full.token_ids)] and len(full.token_ids) >= 12
+    # the same tokens as the model's own generate, up to 16 or to its end of turn (where an int8 model on this
+    # CPU ends its answer depends on the CPU's int8 kernels; on one machine it stopped after 9 tokens)
+    assert full.token_ids == expected and len(full.token_ids) >= 4
+    assert len(full.token_ids) == 16 or full.token_ids[-1] == real_compressor.tokenizer.eos_token_id
     small = real_compressor.generate(docs, query, max_new_tokens=16, top_k=96)
     assert small.prompt_tokens < full.prompt_tokens
     assert "4172" in small.compression.text
