@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RESULTS_DIR
-from .merge import _load
+from .merge import load_run
 from .stats import compare, fmt_p
 
 Row = dict[str, Any]
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     runs: dict[str, list[Row]] = {}
     for run, _, _ in specs:
         if run not in runs:
-            runs[run] = _load(out_dir, run)[1]
+            runs[run] = load_run(out_dir, run)[1]
     picked = [(label, outcomes(runs[run], method, args.budget)) for run, method, label in specs]
     for label, rows in picked:
         if not rows:

@@ -37,7 +37,8 @@ def merge_rows(base: Sequence[Row], extra: Sequence[Row]) -> list[Row]:
     return [r for r in base if (r["dataset"], r["method"]) not in pairs] + list(extra)
 
 
-def _load(out_dir: Path, name: str) -> tuple[dict[str, Any], list[Row]]:
+def load_run(out_dir: Path, name: str) -> tuple[dict[str, Any], list[Row]]:
+    """A finished run's results JSON and its rows."""
     results = json.loads((out_dir / f"{name}.json").read_text())
     with gzip.open(out_dir / results["rows_file"], "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
@@ -54,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
     out_dir = Path(args.output_dir)
-    results, base = _load(out_dir, args.base)
-    extra_results, extra = _load(out_dir, args.extra)
+    results, base = load_run(out_dir, args.base)
+    extra_results, extra = load_run(out_dir, args.extra)
     rows = merge_rows(base, extra)
     added = [name for name in extra_results.get("datasets", {}) if name not in results["datasets"]]
     for name in added:  # a data set the base run did not reach
