@@ -223,9 +223,9 @@ def past_of(
     parts: list[tuple[ChunkKV, int]] = [(entries[who.prefix_key(frame).digest()], -1)] if p else []
     parts += [(entries[who.key(frame, b.text, b.ids).digest()], b.start) for b in blocks]
     # every block's tokens at once: their places when encoded (p..p+n-1) and in the prompt (start..start+n-1)
-    src = torch.cat([torch.arange(p, p + kv.tokens) for kv, start in parts if start >= 0] or [torch.zeros(0)]).long()
-    dst = torch.cat([torch.arange(start, start + kv.tokens) for kv, start in parts if start >= 0] or [torch.zeros(0)])
-    dst = dst.long()
+    moving = [(kv.tokens, start) for kv, start in parts if start >= 0]  # (n, start) of every block
+    src = torch.tensor([p + i for n, _ in moving for i in range(n)], dtype=torch.long)  # (C - P,)
+    dst = torch.tensor([start + i for n, start in moving for i in range(n)], dtype=torch.long)  # (C - P,)
     head = parts[0][0].tokens if p else 0  # the prefix's tokens lead and stay where they are
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
     for lyr in range(layer + 1):
