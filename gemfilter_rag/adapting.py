@@ -53,18 +53,29 @@ def adopt(
     return adopted if is_auto(embeddings) else adopted.with_embeddings(embeddings)
 
 
-def cache_to_warm(compressor: Any, adapter: str) -> GemFilterCompressor:
-    """The local ``GemFilterCompressor`` with a chunk cache behind ``compressor`` (itself, or the compressor of
-    the framework's ``adapter`` over one), for a cache warmer; a clear error for anything else."""
+def cache_to_warm(compressor: Any, adapter: str) -> GemFilterCompressor | RemoteGemFilterCompressor:
+    """What a cache warmer warms behind ``compressor`` (itself, or the compressor of the framework's ``adapter``
+    over one): a local ``GemFilterCompressor`` with a chunk cache, or a ``RemoteGemFilterCompressor`` (the
+    service's cache, ``POST /v1/warm``); a clear error for anything else."""
     core = getattr(compressor, "compressor", compressor)
+    if isinstance(core, RemoteGemFilterCompressor):
+        return core
     if not isinstance(core, GemFilterCompressor):
         raise TypeError(
-            f"compressor: expected a GemFilterCompressor (or a {adapter} over one), got "
-            f"{type(core).__name__}; a service's client has no local cache to warm."
+            f"compressor: expected a GemFilterCompressor or RemoteGemFilterCompressor (or a {adapter} over one), "
+            f"got {type(core).__name__}."
         )
     if core.cache is None:
         raise ValueError("compressor: has no chunk cache; build it with cache=ChunkCache(...).")
     return core
+
+
+def warm_chunks(core: GemFilterCompressor | RemoteGemFilterCompressor, texts: Sequence[str], batch_size: int) -> int:
+    """Warm ``core`` (from ``cache_to_warm``) with ``texts``: a local compressor ``batch_size`` chunks per filter
+    pass, a service in requests of its own size; returns how many entries were encoded."""
+    if isinstance(core, RemoteGemFilterCompressor):
+        return core.warm(texts)
+    return core.warm(texts, batch_size=batch_size)
 
 
 def check_sources(model: str | None, endpoint: str | None, embeddings: Any) -> None:

@@ -20,6 +20,7 @@ context's hidden states never exist on this path, so a readout for it reads no `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -40,7 +41,7 @@ from .kv_pack import ChunkKV
 from .memory import CACHE_ROOM
 from .profiles import Profile
 from .prompt import FilterPrompt, tokenize_document
-from .rope import rerotate
+from .rope import turn_, turn_between
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,18 @@ class Identity:
 
     def key(self, frame: Sequence[int], text: str, ids: Sequence[int]) -> EntryKey:
         """The entry key of a block (``text``, ``ids``) encoded after the prefix ``frame``."""
-        return EntryKey(self.model, self.profile, self.version, sha256_ids(list(frame)), sha256_text(text),
+        return EntryKey(self.model, self.profile, self.version, _frame_hash(tuple(frame)), sha256_text(text),
                         sha256_ids(list(ids)), self.layer)  # fmt: skip
 
     def prefix_key(self, frame: Sequence[int]) -> EntryKey:
         """The entry key of the prefix itself (encoded alone, at positions ``0..P-1``)."""
         return self.key(frame, "", frame)
+
+
+@functools.lru_cache(maxsize=64)
+def _frame_hash(frame: tuple[int, ...]) -> str:
+    """``sha256_ids`` of a prefix (the same few for every prompt of a compressor: hashed once each)."""
+    return sha256_ids(frame)
 
 
 def prompt_blocks(prompt: FilterPrompt, separator: str) -> tuple[list[int], list[Block], int]:
@@ -227,20 +234,27 @@ def past_of(
     src = torch.tensor([p + i for n, _ in moving for i in range(n)], dtype=torch.long)  # (C - P,)
     dst = torch.tensor([start + i for n, start in moving for i in range(n)], dtype=torch.long)  # (C - P,)
     head = parts[0][0].tokens if p else 0  # the prefix's tokens lead and stay where they are
+    keys = torch.cat([kv.keys for kv, _ in parts], dim=2).to(device=device, dtype=torch.float32)  # (r+1, KV, C, D)
+    values = torch.cat([kv.values for kv, _ in parts], dim=2).to(device=device, dtype=dtype)  # (r, KV, C, D)
+    if len(src):  # the blocks: from P.. to their place, one turn per token for every layer sharing the tables
+        groups: dict[tuple[int, int], list[int]] = {}
+        for lyr in range(layer + 1):
+            groups.setdefault((id(tables_from[lyr][0]), id(tables_to[lyr][0])), []).append(lyr)
+        for lyrs in groups.values():
+            (cos_a, sin_a), (cos_b, sin_b) = tables_from[lyrs[0]], tables_to[lyrs[0]]  # (longest, R), (total, R)
+            a, b = src.to(cos_a.device), dst.to(cos_b.device)
+            c, s = turn_between(cos_a[a].float(), sin_a[a].float(), cos_b[b].float(), sin_b[b].float())  # (C-P, R/2)
+            c, s = c.to(keys.device), s.to(keys.device)
+            if len(lyrs) == layer + 1:  # one set of tables for every layer: turn them all at once
+                turn_(keys[:, :, head:], c, s)
+            else:
+                for lyr in lyrs:
+                    turn_(keys[lyr, :, head:], c, s)
+    keys = keys.to(dtype)
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
     for lyr in range(layer + 1):
-        cos_a, sin_a = (t.float() for t in tables_from[lyr])  # (longest, R)
-        cos_b, sin_b = (t.float() for t in tables_to[lyr])  # (total, R)
-        k_all = torch.cat([kv.keys[lyr] for kv, _ in parts], dim=1).to(device)  # (KV, C, D)
-        if len(src):  # the blocks: from P.. to their place, in one call (the tables are per token)
-            a, b = src.to(cos_a.device), dst.to(cos_b.device)
-            moved = rerotate(k_all[:, head:], cos_a[a], sin_a[a], cos_b[b], sin_b[b])  # (KV, C - P, D)
-            k_all = torch.cat((k_all[:, :head], moved), dim=1)
-        if lyr < layer:
-            v_all = torch.cat([kv.values[lyr] for kv, _ in parts], dim=1).to(device)  # (KV, C, D)
-        else:
-            v_all = torch.zeros_like(k_all)
-        past.append((k_all[None].to(dtype), v_all[None].to(dtype)))  # (1, KV, C, D) each
+        v = values[lyr] if lyr < layer else torch.zeros_like(keys[lyr])  # (KV, C, D)
+        past.append((keys[lyr][None], v[None]))  # (1, KV, C, D) each
     return past
 
 

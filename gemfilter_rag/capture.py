@@ -17,18 +17,19 @@ generation) see the model exactly as configured.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .scoring import row_attention, token_similarity
+from .scoring import attend, attention_probs, query_logits, row_attention, token_similarity, visibility_mask
 
 _PREFIX = "gemfilter+"
 
@@ -42,6 +43,7 @@ class LayerCapture:
     scaling: float
     sliding_window: int | None
     value: torch.Tensor | None = None  # (B, KV, T, D): the layer's values, when the pass keeps them
+    probs: torch.Tensor | None = None  # (B, H, N, T): every live row's attention, when the pass computed it
 
 
 class _StopForward(Exception):
@@ -59,7 +61,13 @@ class _Armed:
     captured: dict[int, LayerCapture] | None = None  # layer index -> capture, filled during the pass
     observe: Callable[[int, LayerCapture], None] | None = None  # called instead of keeping the capture
     values: bool = False  # keep each layer's values in its capture too
+    live: torch.Tensor | None = None  # (N,) positions of every query row: recorded layers attend here (_attend)
 
+
+FUSED_WEIGHTS = 1 << 20
+"""Most live rows x keys for which the cached pass computes a recorded layer's attention itself, once for its
+output and its record (4 MiB of float32 weights per head); longer ones go through the model's attention and
+the record's rows are computed beside it."""
 
 _ARMED: contextvars.ContextVar[_Armed | None] = contextvars.ContextVar("gemfilter_armed", default=None)
 _LOCK = threading.RLock()
@@ -145,6 +153,10 @@ def _dispatcher(base: str) -> Callable[..., Any]:
             if id(module) in armed.target_ids:
                 raise _StopForward(capture)
             assert armed.record is not None
+            if armed.observe is not None and armed.live is not None and _attends_plainly(module, kwargs):
+                probs, out = _attend(query, key, value, armed.live, capture)
+                armed.observe(armed.record[id(module)], replace(capture, probs=probs))
+                return out, None
             if armed.observe is not None:
                 armed.observe(armed.record[id(module)], capture)
             else:
@@ -157,6 +169,33 @@ def _dispatcher(base: str) -> Callable[..., Any]:
         return fn(module, query, key, value, attention_mask, **kwargs)
 
     return attention
+
+
+def _attends_plainly(module: nn.Module, kwargs: dict[str, Any]) -> bool:
+    """Whether the layer's attention is plain softmax attention that ``_attend`` computes exactly: no logit
+    soft-capping, no attention sinks, no dropout (a model in eval mode), causal."""
+    config = getattr(module, "config", None)
+    return (
+        getattr(config, "attn_logit_softcapping", None) is None
+        and getattr(module, "sinks", None) is None
+        and getattr(module, "is_causal", True)
+        and not kwargs.get("dropout")
+        and kwargs.get("softcap") is None
+        and kwargs.get("s_aux") is None
+    )
+
+
+def _attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, live: torch.Tensor, cap: LayerCapture
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A recorded layer's attention computed once, for the output and the record alike: (probs (1, H, N, T),
+    output (1, N, H, D) as attention functions return it). ``query`` (1, H, N, D) holds the rows at positions
+    ``live`` (N,), ``key``/``value`` (1, KV, T, D) every key up to them; causal (and sliding-window) as the
+    model's own mask for one unpadded sequence."""
+    visible = visibility_mask(live.to(query.device), key.shape[2], cap.sliding_window)  # (N, T)
+    probs = attention_probs(query_logits(query, key), cap.scaling, visible)  # (1, H, N, T)
+    out = attend(probs, value)  # (1, H, N, D)
+    return probs, out.to(query.dtype).transpose(1, 2).contiguous()
 
 
 def _eager_for(module: nn.Module) -> Callable[..., Any]:
@@ -191,8 +230,18 @@ def _ensure_registered(base: str) -> str:
     return name
 
 
+_CONFIGS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
+
+
 def _configs(model: nn.Module) -> list[Any]:
-    """Every distinct config object in the model (sub-models may hold their own)."""
+    """Every distinct config object in the model (sub-models may hold their own), found once per model."""
+    found = _CONFIGS.get(model)
+    if found is None:
+        found = _CONFIGS[model] = _find_configs(model)
+    return found
+
+
+def _find_configs(model: nn.Module) -> list[Any]:
     seen: dict[int, Any] = {}
     for module in model.modules():
         cfg = getattr(module, "config", None)
@@ -495,6 +544,61 @@ def _cache_argument(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _context_cache(past: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int, device: torch.device) -> Any:
+    """A transformers ``DynamicCache`` holding the context's keys/values ``past`` (1, KV, C, D) per layer, each
+    layer in a buffer with ``room`` more tokens, so that the live tokens' keys/values are written after the
+    context instead of the whole context being copied again (``DynamicLayer.update`` concatenates)."""
+    from transformers import DynamicCache
+
+    layer_class = _filled_layer_class()
+    cache = DynamicCache()
+    if layer_class is None or not isinstance(getattr(cache, "layers", None), list):
+        return DynamicCache(ddp_cache_data=[(k.to(device), v.to(device)) for k, v in past])
+    cache.layers = [layer_class(k.to(device), v.to(device), room) for k, v in past]
+    return cache
+
+
+@functools.cache
+def _filled_layer_class() -> Any:
+    """A ``DynamicLayer`` that starts filled and grows inside a buffer made with room (None where this
+    transformers has no ``DynamicLayer``)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - transformers without cache layers
+        return None
+
+    class FilledLayer(DynamicLayer):  # type: ignore[misc, valid-type]
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+            super().__init__()
+            *lead, c, d = keys.shape
+            self.keys = keys.new_empty(*lead, c + room, d)  # (1, KV, C + room, D)
+            self.values = values.new_empty(*values.shape[:-2], c + room, values.shape[-1])
+            self.keys[..., :c, :] = keys
+            self.values[..., :c, :] = values
+            self.filled = c
+            self.device = keys.device
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            keys, values = self.keys, self.values
+            assert keys is not None and values is not None, "a FilledLayer starts filled"
+            end = self.filled + int(key_states.shape[-2])
+            if end > keys.shape[-2]:  # more than the room made: grow as a DynamicLayer does
+                keys = torch.cat([keys[..., : self.filled, :], key_states], dim=-2)
+                values = torch.cat([values[..., : self.filled, :], value_states], dim=-2)
+                self.keys, self.values = keys, values
+            else:
+                keys[..., self.filled : end, :] = key_states
+                values[..., self.filled : end, :] = value_states
+            self.filled = end
+            return keys[..., :end, :], values[..., :end, :]
+
+        def get_seq_length(self) -> int:
+            return int(self.filled)
+
+    return FilledLayer
+
+
 @torch.inference_mode()
 def run_cached_pass(
     model: nn.Module,
@@ -542,23 +646,32 @@ def run_cached_pass(
     keyed: list[torch.Tensor] = []
 
     def observe(layer: int, cap: LayerCapture) -> None:
-        q = cap.query[:, :, rows - start]  # (1, H, Q, D)
-        att = row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float()  # (H, C + N)
-        stacks.append(att)
+        if cap.probs is not None:  # the layer's attention, computed once for every live row (_attend)
+            stacks.append(cap.probs[0][:, rows - start].float().mean(dim=1))  # (H, C + N)
+        else:
+            q = cap.query[:, :, rows - start]  # (1, H, Q, D)
+            stacks.append(row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float())  # (H, C + N)
         if key_rows is not None:
             kr = key_rows.to(device)  # (K,)
-            if kr.numel():
+            if not kr.numel():
+                keyed.append(stacks[-1])  # (H, C + N)
+            elif cap.probs is not None:
+                keyed.append(cap.probs[0][:, kr - start].float().mean(dim=1))  # (H, C + N)
+            else:
                 qk = cap.query[:, :, kr - start]  # (1, H, K, D)
-                att = row_attention(qk, cap.key, kr, cap.scaling, cap.sliding_window)[0].float()
-            keyed.append(att)  # (H, C + N)
+                keyed.append(row_attention(qk, cap.key, kr, cap.scaling, cap.sliding_window)[0].float())
 
-    from transformers import DynamicCache
-
-    cache = DynamicCache(ddp_cache_data=[(k.to(device), v.to(device)) for k, v in past])
+    cache = _context_cache(past, live, device)
     positions = torch.arange(start, start + live, device=device)[None]  # (1, N)
     record = {id(m): i for i in range(exit_layer) for m in layers[i].modules()} if attention else None
+    # recorded layers compute their attention once, for the output and the record (_attend), while every live
+    # row's weights stay small beside the pass (FUSED_WEIGHTS per head)
+    fused = positions[0] if attention and live * (start + live) <= FUSED_WEIGHTS else None
     armed = _Armed(
-        frozenset(id(m) for m in layers[exit_layer].modules()), record, observe=observe if attention else None
+        frozenset(id(m) for m in layers[exit_layer].modules()),
+        record,
+        observe=observe if attention else None,
+        live=fused,
     )
     token = _ARMED.set(armed)
     try:

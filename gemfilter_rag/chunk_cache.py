@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,14 @@ class EntryKey:
     ids: str  # SHA-256 of the chunk's token ids, hex
     layer: int  # exit layer r: keys of layers 0..r
 
+    @cached_property
+    def _digest(self) -> str:
+        fields = (self.model, self.profile, self.version, self.frame, self.text, self.ids, self.layer)
+        return hashlib.sha256("\x1f".join(str(v) for v in fields).encode()).hexdigest()
+
     def digest(self) -> str:
-        """The entry's id: SHA-256 over every field."""
-        return hashlib.sha256("\x1f".join(str(v) for v in asdict(self).values()).encode()).hexdigest()
+        """The entry's id: SHA-256 over every field, in their order."""
+        return self._digest
 
 
 def sha256_text(text: str) -> str:

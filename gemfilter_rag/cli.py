@@ -51,6 +51,11 @@ def _compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scores", default=None, help="comma-separated retriever scores, one per FILE (higher = more relevant)"
     )
+    p.add_argument(
+        "--cache-file",
+        default=None,
+        help="a chunk-cache SQLite file (made if missing): documents seen in an earlier call are not encoded again",
+    )
     _model_options(p)
 
 
@@ -167,6 +172,13 @@ def _compressor(args: argparse.Namespace) -> Any:
         if not Path(args.profile).is_file():
             raise UsageError(f"--profile: {args.profile} does not exist")
         options["profile"] = args.profile
+    cache_file = getattr(args, "cache_file", None)
+    if cache_file is not None:
+        from .chunk_cache import ChunkCache
+
+        if Path(cache_file).is_dir():
+            raise UsageError(f"--cache-file: {cache_file} is a directory; give a file, e.g. {cache_file}/chunks.sqlite")
+        options["cache"] = ChunkCache(path=cache_file)
     return GemFilterCompressor.from_pretrained(args.model, device=args.device, **options)
 
 

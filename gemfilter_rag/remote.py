@@ -27,6 +27,11 @@ from .validation import check_query as _check_query
 RETRY_STATUSES = (429, 503)
 
 
+WARM_PER_REQUEST = 64
+"""Chunks per ``POST /v1/warm`` request of ``RemoteGemFilterCompressor.warm`` (under the service's default
+--max-documents)."""
+
+
 class RemoteError(RuntimeError):
     """The service failed or stayed unavailable: ``status`` (HTTP, or None without an answer) and ``kind``."""
 
@@ -104,17 +109,35 @@ class RemoteGemFilterCompressor:
         document_scores: Sequence[float] | None = None,
     ) -> CompressionResult:
         """``GemFilterCompressor.compress`` on the service; see there for the arguments."""
-        body = self._body(documents, query, top_k, document_scores)
+        return _result(self._post(self.url, self._body(documents, query, top_k, document_scores)))
+
+    def warm(self, chunks: Sequence[str], *, per_request: int = WARM_PER_REQUEST) -> int:
+        """``GemFilterCompressor.warm`` on the service (``POST /v1/warm``): the service's chunk cache encodes every
+        chunk it lacks, ``per_request`` chunks per request; returns how many entries were encoded. A service
+        started without a cache answers 409 (``RemoteError``: start it with ``--cache-mib``)."""
+        docs = _check_documents(chunks)
+        if isinstance(per_request, bool) or not isinstance(per_request, int) or per_request < 1:
+            raise ValueError(f"per_request: {per_request!r} is not valid; pass a whole number >= 1, e.g. 64.")
+        encoded = 0
+        for start in range(0, len(docs), per_request):
+            body: dict[str, Any] = {"documents": docs[start : start + per_request]}
+            if self.options:
+                body["options"] = self.options
+            encoded += int(_json_of(self._post(self.endpoint + "/v1/warm", body))["encoded"])
+        return encoded
+
+    def _post(self, url: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` to ``url`` with retries after 429/503 and refused connections; the final response."""
         client = self._sync_client()
         for attempt in range(self.max_retries + 1):
             try:
-                response = client.post(self.url, json=body, headers=self.headers)
+                response = client.post(url, json=body, headers=self.headers)
             except Exception as err:
                 time.sleep(self._transport_retry(err, attempt))
                 continue
             wait = self._retry_wait(response, attempt)
             if wait is None:
-                return _result(response)
+                return response
             time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises or returns
 
@@ -225,12 +248,15 @@ def _httpx() -> Any:
     return httpx
 
 
-def _result(response: Any) -> CompressionResult:
+def _json_of(response: Any) -> Any:
     try:
-        data = response.json()
+        return response.json()
     except ValueError as err:
         raise RemoteError(f"endpoint: the answer is not JSON ({err}); is this a gemfilter service?", 200) from err
-    return CompressionResult.from_dict(data)
+
+
+def _result(response: Any) -> CompressionResult:
+    return CompressionResult.from_dict(_json_of(response))
 
 
 def _error(response: Any, suffix: str = "") -> Exception:

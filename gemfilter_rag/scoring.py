@@ -106,6 +106,18 @@ def row_attention(
     return attention_probs(query_logits(query, key), scaling, visible).mean(dim=2)  # (B, H, T)
 
 
+def attend(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The attention output of softmax weights ``probs`` (B, H, Q, T) over ``value`` (B, KV, T, D), GQA values
+    repeated: (B, H, Q, D) in float32."""
+    b, h, q, t = probs.shape
+    kv = value.shape[1]
+    if h % kv:
+        raise ValueError(f"query heads ({h}) must be a multiple of value heads ({kv})")
+    grouped = probs.float().reshape(b, kv, h // kv, q, t)  # (B, KV, G, Q, T)
+    out = torch.einsum("bkgqt,bktd->bkgqd", grouped, value.float())  # (B, KV, G, Q, D)
+    return out.reshape(b, h, q, value.shape[-1])  # (B, H, Q, D)
+
+
 def token_similarity(states: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Cosine of every token's hidden state with the rows' mean, after unit-norming and centring.
 

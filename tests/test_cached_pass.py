@@ -234,6 +234,24 @@ def test_record_shapes_and_key_rows() -> None:
         cached(comp, prompt, torch.tensor([prompt.doc_offsets[0]]), ChunkCache())
 
 
+@pytest.mark.parametrize("arch", ALL)
+def test_attention_computed_once_equals_the_models_own(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded layers' attention, computed once for output and record, gives the pass the model's own
+    attention gives: the same records and the same exit-layer keys (which every earlier output feeds)."""
+    comp, prompt, rows = setup(arch, DOCS)
+    keys = torch.tensor([prompt.query_start + 1, prompt.query_start + 2])
+    cache = ChunkCache(dtype="fp32")
+    fused = cached(comp, prompt, rows, cache, key_rows=keys)
+    monkeypatch.setattr(capture, "FUSED_WEIGHTS", 0)  # every layer through the model's attention function
+    plain = cached(comp, prompt, rows, cache, key_rows=keys)
+    assert fused.attention is not None and plain.attention is not None
+    torch.testing.assert_close(fused.attention, plain.attention, rtol=1e-5, atol=1e-6)
+    assert fused.key_attention is not None and plain.key_attention is not None
+    torch.testing.assert_close(fused.key_attention, plain.key_attention, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.key, plain.key, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.query, plain.query, rtol=1e-5, atol=1e-5)
+
+
 def test_chunks_are_encoded_once_and_reused_in_any_order_and_query() -> None:
     comp, prompt, rows = setup("llama", DOCS)
     cache = ChunkCache(dtype="fp32")

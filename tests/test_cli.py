@@ -115,3 +115,27 @@ def test_explain_writes_html(tiny, files, tmp_path) -> None:
 def test_calibrate_rejects_too_many_needles(capsys) -> None:
     assert cli.main(["calibrate", "--needles", "99"]) == 2
     assert "--needles" in capsys.readouterr().err
+
+
+def test_compress_cache_file_keeps_chunks_for_the_next_call(monkeypatch, files, tmp_path, capsys) -> None:
+    seen: list = []
+
+    def fake(model=None, **kwargs):
+        kwargs.pop("device", None)
+        seen.append(kwargs["cache"])
+        # the tiny model's profile has no cache-mode readout: "force" takes the cached path all the same
+        return GemFilterCompressor(build_model("llama"), build_tokenizer(), cache_mode="force", **kwargs)
+
+    monkeypatch.setattr(GemFilterCompressor, "from_pretrained", staticmethod(fake))
+    store = tmp_path / "chunks.sqlite"
+    args = ["compress", "-q", "What do cities send?", *files, "--top-k", "20", "--layer", "2"]
+    args += ["--cache-file", str(store)]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert store.is_file() and seen[0].stats()["disk_entries"] == len(files) + 2  # documents, prefix, separator
+    assert cli.main(args) == 0  # a new process would open the file as this call does
+    assert capsys.readouterr().out == first
+    stats = seen[1].stats()
+    assert stats["misses"] == 0 and stats["disk_hits"] == len(files) + 2
+    assert cli.main([*args[:-1], str(tmp_path)]) == 2
+    assert "--cache-file" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import torch
 from tinymodels import ARCHS, build_model, build_tokenizer, model_config
 
 from gemfilter_rag import capture
-from gemfilter_rag.rope import rerotate, rotate, unrotate
+from gemfilter_rag.rope import apply_turn, rerotate, rotate, turn_, turn_between, unrotate
 
 
 def tables(n: int, r: int, offset: int = 0, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +47,26 @@ def test_rerotate_moves_keys_and_handles_scaling_and_partial_rotary() -> None:
         kb = torch.cat((reference_rotate(base[..., :r], *b), base[..., r:]), dim=-1)
         torch.testing.assert_close(rerotate(ka, *a, *b), kb, rtol=1e-5, atol=1e-5)
     assert rerotate(ka.half(), *a, *b).dtype == torch.float16
+
+
+def test_one_turn_in_place_equals_unrotating_then_rotating() -> None:
+    g = torch.Generator().manual_seed(2)
+    keys = torch.randn(3, 2, 6, 16, generator=g)  # (L, KV, n, D): several layers that share the tables
+    for r, scale in ((16, 1.0), (8, 1.0), (16, 1.3)):
+        a, b = tables(6, r, 3, scale), tables(6, r, 40, scale)
+        expected = rotate(unrotate(keys, *a), *b)
+        c, s = turn_between(*a, *b)  # (n, R/2)
+        assert c.shape == (6, r // 2)
+        torch.testing.assert_close(apply_turn(keys, c, s), expected, rtol=1e-5, atol=1e-5)
+        moved = keys.clone()
+        view = moved[:, :, 2:]  # a view is turned where it lies; the tokens before it stay
+        turn_(view, c[2:], s[2:])
+        torch.testing.assert_close(moved[:, :, 2:], expected[:, :, 2:], rtol=1e-5, atol=1e-5)
+        assert torch.equal(moved[:, :, :2], keys[:, :, :2])
+    with pytest.raises(ValueError, match="float32"):
+        turn_(keys.half(), c, s)
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_turn(keys[:, :, :4], c, s)
 
 
 def test_bad_tables_are_refused() -> None:

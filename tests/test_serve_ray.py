@@ -67,6 +67,8 @@ def ray_url(tiny_dir: Path) -> Iterator[str]:
             str(tiny_dir),
             device="cpu",
             settings=ServeSettings(max_batch=4, max_wait_ms=5),
+            # each replica makes its own chunk cache over one file (ChunkCache keyword arguments travel)
+            options={"cache": {"max_bytes": 1 << 20, "path": str(tiny_dir / "chunks.sqlite")}},
             num_replicas=2,
             ray_actor_options={"num_cpus": 0.5},
         )
@@ -143,6 +145,17 @@ def test_a_replica_serves_the_app_through_ray_serves_own_asgi_wrapper(tiny_dir: 
         )
         assert response.status_code == 200 and same_result(CompressionResult.from_dict(response.json()), expected)
     assert responses[4].json()["model_loaded"] is True
+
+
+def test_replicas_share_the_chunk_cache_file(ray_url: str) -> None:
+    import httpx
+
+    first = httpx.post(f"{ray_url}/v1/warm", json={"documents": TEXTS[:3]}, timeout=120)
+    assert first.status_code == 200, first.text
+    assert first.json()["encoded"] == 5  # three chunks, the prefix and the separator
+    for _ in range(4):  # whichever replica answers: the file has every entry
+        again = httpx.post(f"{ray_url}/v1/warm", json={"documents": TEXTS[:3]}, timeout=120).json()
+        assert again["encoded"] == 0 and again["cache"]["disk_entries"] == 5
 
 
 def test_the_application_builder_reads_string_arguments(tiny_dir: Path) -> None:

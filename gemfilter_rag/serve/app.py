@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import __version__
 from ..compressor import GemFilterCompressor
 from . import rerank
-from .schema import CompressRequest, ErrorResponse, HealthResponse, response_model
+from .schema import CompressRequest, ErrorResponse, HealthResponse, WarmRequest, WarmResponse, response_model
 from .service import CompressionService
 from .settings import ServeSettings
 
@@ -108,6 +108,19 @@ def create_app(compressor: GemFilterCompressor, settings: ServeSettings | None =
     async def rerank_tei(request: Request) -> Response:
         """text-embeddings-inference's ``/rerank``: a list of ``{index, score}``, best first."""
         return await service.handle(request, rerank.TEI)
+
+    @app.post(
+        "/v1/warm",
+        response_model=WarmResponse,
+        responses={**errors, 409: {"model": ErrorResponse, "description": "The server has no chunk cache."}},
+        summary="Encode chunks into the chunk cache (indexing)",
+        openapi_extra=body(WarmRequest),
+    )
+    async def warm(request: Request) -> Response:
+        """``GemFilterCompressor.warm(documents)`` with ``options`` applied: each chunk the server's cache lacks
+        is encoded once, so that later compress requests over it run only the question's tokens. Call it as
+        the vector store is filled (``RemoteGemFilterCompressor.warm``)."""
+        return await service.warm(request)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health() -> JSONResponse:

@@ -38,6 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         kind = int if f.type in (int, "int") else float
         default = getattr(defaults, f.name)
         p.add_argument(flag, dest=f.name, type=kind, default=default, help=f"{LIMIT_HELP[f.name]} (default {default})")
+    cache = p.add_argument_group("chunk cache (each chunk's early-layer keys/values; a query runs only its own tokens)")
+    cache.add_argument(
+        "--cache-mib", type=int, default=None, help="keep a chunk cache of this many MiB in memory (default: none)"
+    )
+    cache.add_argument(
+        "--cache-file",
+        default=None,
+        help="keep the chunk cache in this SQLite file too (made if missing; replicas and restarts share it)",
+    )
+    cache.add_argument(
+        "--cache-dtype", choices=["fp16", "int8", "fp32"], default="fp16", help="stored precision (default fp16)"
+    )
     ray = p.add_argument_group("Ray Serve (pip install 'gemfilter-rag[ray]')")
     ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of a single uvicorn process")
     ray.add_argument(
@@ -67,6 +79,24 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": args.model, "device": args.device}
     if args.profile is not None:
         out["profile"] = args.profile
+    cache = cache_options(args)
+    if cache is not None:
+        out["cache"] = cache
+    return out
+
+
+def cache_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``ChunkCache`` keyword arguments from ``--cache-mib``/``--cache-file``/``--cache-dtype`` (None: no cache)."""
+    mib, path = getattr(args, "cache_mib", None), getattr(args, "cache_file", None)
+    if mib is None and path is None:
+        return None
+    if mib is not None and mib < 0:
+        raise ValueError(f"--cache-mib: {mib} is negative; give the MiB to keep in memory, e.g. 512 (0: file only).")
+    if path is not None and Path(path).is_dir():
+        raise ValueError(f"--cache-file: {path} is a directory; give a file path, e.g. {Path(path) / 'chunks.sqlite'}.")
+    out: dict[str, Any] = {"dtype": args.cache_dtype, "path": path}
+    if mib is not None:
+        out["max_bytes"] = int(mib) << 20
     return out
 
 
@@ -94,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
     from . import require
 
     require("fastapi", "uvicorn", "prometheus_client")
-    from ..compressor import GemFilterCompressor
+    from .loader import load_compressor
     from .server import build_server
 
-    compressor = GemFilterCompressor.from_pretrained(**load_options(args))
+    compressor = load_compressor(load_options(args))
     build_server(compressor, settings, host=args.host, port=args.port, log_level=args.log_level).run()
     return 0

@@ -36,10 +36,10 @@ class ReplicaApp:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._app is None:
-            from ..compressor import GemFilterCompressor
             from .app import create_app
+            from .loader import load_compressor
 
-            self._app = create_app(GemFilterCompressor.from_pretrained(**self.load), self.settings)
+            self._app = create_app(load_compressor(self.load), self.settings)
         await self._app(scope, receive, send)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -96,10 +96,18 @@ def app(args: dict[str, str]) -> Any:
     """Application builder for ``serve run gemfilter_rag.serve.ray:app key=value ...``.
 
     Keys: ``model``, ``device``, ``profile``, ``num_replicas``, ``min_replicas`` and ``max_replicas``
-    (autoscaling), ``num_cpus``, ``num_gpus``, and every ``ServeSettings`` field (``max_batch``, ...).
+    (autoscaling), ``num_cpus``, ``num_gpus``, ``cache_mib``, ``cache_file`` and ``cache_dtype`` (a chunk
+    cache per replica, the file shared), and every ``ServeSettings`` field (``max_batch``, ...).
     """
     args = dict(args)
     load = {k: args.pop(k) for k in ("model", "device", "profile") if k in args}
+    cache: dict[str, Any] = {}
+    if "cache_mib" in args:
+        cache["max_bytes"] = int(args.pop("cache_mib")) << 20
+    if "cache_file" in args:
+        cache["path"] = args.pop("cache_file")
+    if "cache_dtype" in args:
+        cache["dtype"] = args.pop("cache_dtype")
     actor: dict[str, Any] = {k: float(args.pop(k)) for k in ("num_cpus", "num_gpus") if k in args}
     scaling: dict[str, Any] = {k: int(args.pop(k)) for k in ("min_replicas", "max_replicas") if k in args}
     replicas = int(args.pop("num_replicas", 1))
@@ -108,6 +116,7 @@ def app(args: dict[str, str]) -> Any:
         load.get("model"),
         device=load.get("device"),
         profile=load.get("profile"),
+        options={"cache": cache} if cache else None,
         settings=settings,
         num_replicas=replicas,
         autoscaling_config=scaling or None,
@@ -140,8 +149,12 @@ def run_on_ray(
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
+        load = dict(load)
         model = load.pop("model", None)
-        serve.run(deployment(model, settings=settings, **load, **deployment_options), name=APP_NAME, route_prefix="/")
+        cache = load.pop("cache", None)  # ChunkCache keyword arguments: each replica makes its own cache
+        options = {"cache": cache} if cache is not None else None
+        app = deployment(model, settings=settings, options=options, **load, **deployment_options)
+        serve.run(app, name=APP_NAME, route_prefix="/")
         print(f"gemfilter serve --ray: ready at http://{host}:{port}/ (Ctrl-C or SIGTERM stops it)", flush=True)
         stop.wait()
         # let the replicas finish their requests; bounded, since a signal sent to the whole process

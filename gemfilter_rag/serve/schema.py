@@ -46,6 +46,21 @@ def _library(check: Any, *args: Any) -> Any:
         ) from None
 
 
+def _check_options(value: Any) -> dict[str, Any]:
+    """``options`` must be an object (its fields are checked by ``with_options``)."""
+    if not isinstance(value, dict):
+        raise PydanticCustomError(
+            "library_error",
+            "{message}",
+            {
+                "message": f"options: expected an object of GemFilterConfig fields such as "
+                f'{{"granularity": "sentence"}}, got {_json_type(value)}.',
+                "exception": "TypeError",
+            },
+        )
+    return value
+
+
 class CompressRequest(BaseModel):
     """``POST /v1/compress``: what ``GemFilterCompressor.compress(documents, query, ...)`` takes."""
 
@@ -103,17 +118,7 @@ class CompressRequest(BaseModel):
     @field_validator("options", mode="before")
     @classmethod
     def _options(cls, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise PydanticCustomError(
-                "library_error",
-                "{message}",
-                {
-                    "message": f"options: expected an object of GemFilterConfig fields such as "
-                    f'{{"granularity": "sentence"}}, got {_json_type(value)}.',
-                    "exception": "TypeError",
-                },
-            )
-        return value
+        return _check_options(value)
 
     @model_validator(mode="after")
     def _one_score_per_document(self) -> CompressRequest:
@@ -121,11 +126,45 @@ class CompressRequest(BaseModel):
         return self
 
 
+class WarmRequest(BaseModel):
+    """``POST /v1/warm``: chunks to encode into the server's chunk cache (``GemFilterCompressor.warm``)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"documents": list(EXAMPLE["documents"])}]}
+    )
+
+    documents: list[str] = Field(description="The chunks, exactly as they will come as documents later.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The options the later compress requests will carry (the prompt's template shapes the "
+        "entries); applied with GemFilterCompressor.with_options.",
+    )
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _documents(cls, value: Any) -> list[str]:
+        return typing.cast(list[str], _library(_check_documents, value))
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> dict[str, Any]:
+        return _check_options(value)
+
+
+class WarmResponse(BaseModel):
+    """The answer of ``POST /v1/warm``."""
+
+    documents: int = Field(description="Chunks received.")
+    encoded: int = Field(description="Entries encoded now (chunks, the prefix and the separator the cache lacked).")
+    cache: dict[str, Any] = Field(description="The cache's counters after warming (ChunkCache.stats()).")
+
+
 class ErrorDetail(BaseModel):
     """What went wrong, for a program and for a person."""
 
     kind: str = Field(
-        description="bad_json, validation, too_large, queue_full, shutting_down, client_disconnected or internal."
+        description="bad_json, validation, too_large, queue_full, shutting_down, client_disconnected, no_cache "
+        "or internal."
     )
     message: str = Field(description="Starts with the field at fault and says what to do instead.")
     field: str | None = Field(default=None, description="The request field at fault, e.g. 'query' or 'documents[2]'.")
@@ -153,6 +192,9 @@ class HealthResponse(BaseModel):
     in_flight: int = Field(description="Requests received and not yet answered.")
     max_queue: int
     max_batch: int
+    cache: dict[str, Any] | None = Field(
+        default=None, description="The chunk cache's counters (ChunkCache.stats()); null without a cache."
+    )
 
 
 def validation_message(error: Any, model: type[BaseModel] | None = None) -> tuple[str, str | None, str]:

@@ -32,7 +32,7 @@ from ..result import CompressionResult
 from .batcher import Batcher, BatchStats, ClosedError, QueueFullError
 from .endpoint import Call, Endpoint, ServiceError, cut_documents, fit_cap, validate
 from .metrics import ServeMetrics
-from .schema import CompressRequest, field_of
+from .schema import CompressRequest, WarmRequest, field_of
 from .settings import ServeSettings
 
 log = logging.getLogger("gemfilter_rag.serve")
@@ -68,6 +68,17 @@ class CompressEndpoint(Endpoint):
 
 COMPRESS = CompressEndpoint()
 
+WARM_ROUTE = "/v1/warm"
+
+
+class WarmEndpoint(CompressEndpoint):
+    """``POST /v1/warm``'s errors (its answers come from ``CompressionService.warm``)."""
+
+    route = WARM_ROUTE
+
+
+COMPRESS_WARM = WarmEndpoint()
+
 
 class CompressionService:
     """The state behind the app: one compressor, its batcher, the metrics and the drain flag."""
@@ -82,7 +93,10 @@ class CompressionService:
             max_queue=settings.max_queue,
             on_batch=self._observe,
         )
-        self.metrics = ServeMetrics(lambda: self.batcher.depth, lambda: self.in_flight)
+        cache = compressor.cache
+        self.metrics = ServeMetrics(
+            lambda: self.batcher.depth, lambda: self.in_flight, cache.stats if cache is not None else None
+        )
         self.in_flight = 0
         self.draining = False
         self._idle: asyncio.Event | None = None
@@ -131,16 +145,7 @@ class CompressionService:
         except ClientDisconnect:  # the client went away while sending
             return None
         call, state = endpoint.parse(_json(body))
-        if len(call.documents) > self.settings.max_documents:
-            raise ServiceError(
-                413,
-                "too_large",
-                f"documents: {len(call.documents)} documents exceed this server's limit of "
-                f"{self.settings.max_documents} (--max-documents); send fewer, or split the request.",
-                field="documents",
-                exception="ValueError",
-                limit=self.settings.max_documents,
-            )
+        self._check_documents(len(call.documents), "documents", "send fewer, or split the request")
         key, compressor = self._sibling(call.options)
         self._check_room()
         item = await asyncio.to_thread(self._admit, compressor, call)
@@ -178,6 +183,19 @@ class CompressionService:
         else:
             self._siblings.move_to_end(key)
         return key, found
+
+    def _check_documents(self, n: int, what: str, fix: str) -> None:
+        """413 when a request holds more than ``--max-documents`` documents."""
+        limit = self.settings.max_documents
+        if n > limit:
+            raise ServiceError(
+                413,
+                "too_large",
+                f"documents: {n} {what} exceed this server's limit of {limit} (--max-documents); {fix}.",
+                field="documents",
+                exception="ValueError",
+                limit=limit,
+            )
 
     def _check_room(self) -> None:
         try:
@@ -254,6 +272,47 @@ class CompressionService:
             r.timings["queue"] = started - i.submitted
         return results
 
+    async def warm(self, request: Request) -> Response:
+        """``POST /v1/warm``: encode the chunks the server's cache lacks (``GemFilterCompressor.warm``), in a
+        worker thread beside the batches; 409 when the server has no cache."""
+        started = time.monotonic()
+        if self.draining:
+            return self._fail(COMPRESS_WARM, ServiceError(503, "shutting_down", _DRAINING, retry_after=1))
+        self.in_flight += 1
+        try:
+            try:
+                body = await self._read_body(request)
+            except ClientDisconnect:
+                self.metrics.requests.labels(WARM_ROUTE, "499").inc()
+                return Response(status_code=499)
+            req = validate(WarmRequest, _json(body))
+            self._check_documents(len(req.documents), "chunks", "warm them in smaller requests")
+            _, compressor = self._sibling(req.options)
+            cache = compressor.cache
+            if cache is None:
+                raise ServiceError(
+                    409,
+                    "no_cache",
+                    "cache: this server has no chunk cache to warm; start it with gemfilter serve --cache-mib N "
+                    "(and/or --cache-file PATH).",
+                    field="documents",
+                )
+            encoded = await asyncio.to_thread(compressor.warm, req.documents)
+        except ServiceError as err:
+            return self._fail(COMPRESS_WARM, err)
+        except (TypeError, ValueError) as err:
+            return self._fail(COMPRESS_WARM, ServiceError(422, "validation", str(err), exception=type(err).__name__))
+        except MemoryError as err:
+            err_ = ServiceError(413, "too_large", str(err), field="documents", exception=type(err).__name__)
+            return self._fail(COMPRESS_WARM, err_)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+        self.metrics.requests.labels(WARM_ROUTE, "200").inc()
+        self.metrics.latency.labels(WARM_ROUTE).observe(time.monotonic() - started)
+        return JSONResponse({"documents": len(req.documents), "encoded": encoded, "cache": cache.stats()})
+
     def _observe(self, stats: BatchStats) -> None:
         self.metrics.batch_size.observe(stats.size)
         self.metrics.compute.observe(stats.compute_s)
@@ -298,6 +357,7 @@ class CompressionService:
             "in_flight": self.in_flight,
             "max_queue": self.settings.max_queue,
             "max_batch": self.settings.max_batch,
+            "cache": self.compressor.cache.stats() if self.compressor.cache is not None else None,
         }
 
 

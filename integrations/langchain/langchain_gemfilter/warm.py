@@ -9,8 +9,8 @@ from typing import Any
 from langchain_core.documents import BaseDocumentTransformer, Document
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from gemfilter_rag import GemFilterCompressor
-from gemfilter_rag.adapting import cache_to_warm
+from gemfilter_rag import GemFilterCompressor, RemoteGemFilterCompressor
+from gemfilter_rag.adapting import cache_to_warm, warm_chunks
 
 
 class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
@@ -22,7 +22,8 @@ class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
     ``compress`` at query time.
 
     Args:
-        compressor: a ``GemFilterCompressor`` built with ``cache=ChunkCache(...)``, or the
+        compressor: a ``GemFilterCompressor`` built with ``cache=ChunkCache(...)``, a ``RemoteGemFilterCompressor``
+            (the service's cache: ``gemfilter serve --cache-mib N``), or the
             ``GemFilterDocumentCompressor`` that will compress these documents (its compressor is used).
         **data: the pydantic fields below.
 
@@ -37,15 +38,15 @@ class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
 
     batch_size: int = Field(default=8, gt=0, description="Documents encoded per filter pass.")
 
-    _compressor: GemFilterCompressor = PrivateAttr()
+    _compressor: GemFilterCompressor | RemoteGemFilterCompressor = PrivateAttr()
 
     def __init__(self, compressor: Any, **data: Any) -> None:
         super().__init__(**data)
         self._compressor = cache_to_warm(compressor, "GemFilterDocumentCompressor")
 
     @property
-    def compressor(self) -> GemFilterCompressor:
-        """The compressor whose cache is filled."""
+    def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        """The compressor whose cache is filled (a local one, or a client of the service whose cache it is)."""
         return self._compressor
 
     def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
@@ -55,7 +56,7 @@ class GemFilterCacheWarmer(BaseDocumentTransformer, BaseModel):
             if not isinstance(doc, Document):
                 raise TypeError(f"documents[{i}]: expected a langchain Document, got {type(doc).__name__}.")
         if docs:
-            self._compressor.warm([d.page_content for d in docs], batch_size=self.batch_size)
+            warm_chunks(self._compressor, [d.page_content for d in docs], self.batch_size)
         return docs
 
     async def atransform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:

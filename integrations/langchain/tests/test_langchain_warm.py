@@ -47,3 +47,20 @@ def test_it_takes_the_document_compressor_and_refuses_what_has_no_cache(core: An
         GemFilterCacheWarmer(compressor="model")
     with pytest.raises(TypeError, match="Document"):
         GemFilterCacheWarmer(compressor=comp).transform_documents(["text"])  # type: ignore[list-item]
+
+
+def test_it_warms_a_services_cache_through_its_client(core: Any) -> None:
+    from gemfilter_rag import RemoteGemFilterCompressor
+    from gemfilter_rag.serve import ServeSettings
+    from gemfilter_rag.serve.testing import running_server
+
+    cache = ChunkCache()
+    with running_server(core.with_cache(cache, cache_mode="force"), ServeSettings(max_wait_ms=0)) as server:
+        with RemoteGemFilterCompressor(server.url) as remote:
+            docs = [Document(page_content=t) for t in TEXTS]
+            assert GemFilterCacheWarmer(compressor=remote).compressor is remote
+            lc = GemFilterDocumentCompressor(endpoint=server.url)  # the adapter's own client of the service
+            warmer = GemFilterCacheWarmer(compressor=lc)
+            assert isinstance(warmer.compressor, RemoteGemFilterCompressor)
+            assert warmer.transform_documents(docs) == docs
+            assert cache.stats()["stored"] == 1 + len(TEXTS) + 1  # the service's cache holds every document

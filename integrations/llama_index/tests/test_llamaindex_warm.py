@@ -47,3 +47,18 @@ def test_it_takes_the_postprocessor_and_refuses_what_has_no_cache(core: Any) -> 
         GemFilterCacheWarmer(compressor=core)
     with pytest.raises(TypeError, match="GemFilterCompressor"):
         GemFilterCacheWarmer(compressor=None)
+
+
+def test_it_warms_a_services_cache_through_its_client(core: Any) -> None:
+    from gemfilter_rag import RemoteGemFilterCompressor
+    from gemfilter_rag.serve import ServeSettings
+    from gemfilter_rag.serve.testing import running_server
+
+    cache = ChunkCache()
+    with running_server(core.with_cache(cache, cache_mode="force"), ServeSettings(max_wait_ms=0)) as server:
+        with RemoteGemFilterCompressor(server.url) as remote:
+            nodes = [TextNode(text=t, id_=f"n{i}") for i, t in enumerate(TEXTS)]
+            warmer = GemFilterCacheWarmer(compressor=remote)
+            out = IngestionPipeline(transformations=[warmer]).run(nodes=nodes)
+            assert [n.node_id for n in out] == [n.node_id for n in nodes]
+            assert cache.stats()["stored"] == 1 + len(TEXTS) + 1  # the service's cache holds every node

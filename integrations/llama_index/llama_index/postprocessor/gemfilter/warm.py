@@ -9,8 +9,8 @@ from typing import Any
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
-from gemfilter_rag import GemFilterCompressor
-from gemfilter_rag.adapting import cache_to_warm
+from gemfilter_rag import GemFilterCompressor, RemoteGemFilterCompressor
+from gemfilter_rag.adapting import cache_to_warm, warm_chunks
 
 
 class GemFilterCacheWarmer(TransformComponent):
@@ -22,7 +22,8 @@ class GemFilterCacheWarmer(TransformComponent):
     ``GemFilterNodePostprocessor`` passes it to ``compress`` at query time.
 
     Args:
-        compressor: a ``GemFilterCompressor`` built with ``cache=ChunkCache(...)``, or the
+        compressor: a ``GemFilterCompressor`` built with ``cache=ChunkCache(...)``, a ``RemoteGemFilterCompressor``
+            (the service's cache: ``gemfilter serve --cache-mib N``), or the
             ``GemFilterNodePostprocessor`` that will compress these nodes (its compressor is used).
         **data: the pydantic fields below.
 
@@ -34,7 +35,7 @@ class GemFilterCacheWarmer(TransformComponent):
 
     batch_size: int = Field(default=8, gt=0, description="Nodes encoded per filter pass.")
 
-    _compressor: GemFilterCompressor = PrivateAttr()
+    _compressor: GemFilterCompressor | RemoteGemFilterCompressor = PrivateAttr()
 
     def __init__(self, compressor: Any, **data: Any) -> None:
         super().__init__(**data)
@@ -46,8 +47,8 @@ class GemFilterCacheWarmer(TransformComponent):
         return "GemFilterCacheWarmer"
 
     @property
-    def compressor(self) -> GemFilterCompressor:
-        """The compressor whose cache is filled."""
+    def compressor(self) -> GemFilterCompressor | RemoteGemFilterCompressor:
+        """The compressor whose cache is filled (a local one, or a client of the service whose cache it is)."""
         return self._compressor
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
@@ -58,7 +59,7 @@ class GemFilterCacheWarmer(TransformComponent):
                 raise TypeError(f"nodes[{i}]: expected a LlamaIndex node, got {type(node).__name__}.")
         if items:
             texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in items]
-            self._compressor.warm(texts, batch_size=self.batch_size)
+            warm_chunks(self._compressor, texts, self.batch_size)
         return items
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
