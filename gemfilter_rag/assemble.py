@@ -59,7 +59,8 @@ def assemble(
             )
         )
         start = end
-    text = cfg.separator.join(d.text for d in out if d.text)
+    joined = [d.text for d in out if d.text]
+    text = cfg.separator.join(joined)
     return CompressionResult(
         text=text,
         documents=out,
@@ -69,6 +70,7 @@ def assemble(
         compressed_tokens=len(kept),
         filter_layer=layer,
         granularity=cfg.granularity,
+        separator_tokens=prompt.join_tokens * max(0, len(joined) - 1),
         timings=timings,
         details={
             "documents": [d.text for d in prompt.documents],

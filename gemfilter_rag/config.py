@@ -65,7 +65,8 @@ class GemFilterConfig:
     """Layer whose attention scores tokens (0-based). None: the model's profile, else the middle layer
     (``round(num_layers / 2) - 1``)."""
     top_k: int = 1024
-    """Token budget: how many context tokens to keep across all documents of one call."""
+    """Token budget of the output text across all documents of one call: the kept context tokens plus
+    the separator between every two documents that keep any."""
     granularity: Granularity = "sentence"
     """Unit of selection: single tokens (the paper), whole sentences, or whole documents."""
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

@@ -33,7 +33,7 @@ from .prompt import FilterPrompt, build_prompt, frame_ids, query_token_spans
 from .result import CompressionResult
 from .scorers import SEPARATOR, Scorer, Scores, Target, records_hidden, records_key_attention, unit_sums
 from .scoring import query_positions
-from .selection import Unit, select_ranked, select_tokens, unit_scores
+from .selection import Unit, fit_joins, select_ranked, select_tokens, unit_scores
 from .units import PromptUnits, prompt_units
 from .validation import DEFAULT_BATCH_SIZE, check_batch_size, check_items
 from .windows import PrefilterFn, UnitScoreFn, score_in_windows
@@ -239,6 +239,9 @@ def select(
 ) -> torch.Tensor:
     """Kept context-token indices (ascending) within ``budget``, per ``config.granularity`` and ``config.prior``.
 
+    The budget holds the output text: the kept tokens and the separator between every two documents
+    that keep any (``selection.fit_joins``).
+
     ``prior="auto"``: a scorer that fuses the retriever's scores (the readout) has used them already;
     with any other they are added to the token scores (``"add"``, relative scores: near-equal retriever
     scores stay near-equal). ``"share"`` and ``"add"`` apply those rules on top of any scorer;
@@ -248,21 +251,26 @@ def select(
     mode = cfg.prior if document_scores is not None else "none"
     if mode == "auto":
         mode = "none" if (scorer or plan.scorer).fuses_retriever else "add"
+    values = scores.units
     if mode == "add":
         lengths = [sum(b - a for a, b in doc_units) for doc_units in units.per_document]  # units partition documents
         tokens = add_prior(scores.tokens, lengths, document_scores or [], cfg.prior_weight)
-        if cfg.granularity == "token":
-            return select_tokens(tokens, budget)
-        return select_ranked(unit_scores(tokens, units.units), units.units, budget)
+        values = tokens if cfg.granularity == "token" else unit_scores(tokens, units.units)
+    per_doc: list[torch.Tensor] = []
     if mode == "share":
-        per_doc, start = [], 0
+        start = 0
         for doc_units in units.per_document:
             per_doc.append(scores.units[start : start + len(doc_units)])
             start += len(doc_units)
-        return share_budget(document_scores or [], units.per_document, per_doc, budget, cfg.prior_weight)
-    if cfg.granularity == "token":  # one unit per token
-        return select_tokens(scores.units, budget)
-    return select_ranked(scores.units, units.units, budget)
+
+    def pick(b: int) -> torch.Tensor:
+        if mode == "share":
+            return share_budget(document_scores or [], units.per_document, per_doc, b, cfg.prior_weight)
+        if cfg.granularity == "token":  # one unit per token
+            return select_tokens(values, b)
+        return select_ranked(values, units.units, b)
+
+    return fit_joins(pick, budget, units.doc_ends, units.join)
 
 
 def keep_tokens(
@@ -305,7 +313,7 @@ def compress_prompts(
     scores: list[Scores | None] = [None] * n
     filter_time = [0.0] * n
     limit = plan.model.max_positions
-    todo = [i for i in range(n) if budgets[i] < prompts[i].context_tokens]
+    todo = [i for i in range(n) if units[i].output_tokens(torch.arange(prompts[i].context_tokens)) > budgets[i]]
     long = [i for i in todo if limit is not None and prompts[i].length > limit]
     short = sorted((i for i in todo if i not in long), key=lambda i: -prompts[i].length)
     layers = [plan.scorer.layer] * n

@@ -47,6 +47,13 @@ class FilterPrompt:
     def length(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def join_tokens(self) -> int:
+        """Tokens of the separator between two documents (0 with fewer than two documents)."""
+        if len(self.documents) < 2:
+            return 0
+        return self.doc_offsets[1] - self.doc_offsets[0] - len(self.documents[0].ids)
+
     def context_positions(self) -> torch.Tensor:
         """Positions in ``input_ids`` of every context token, document by document. (N,)"""
         parts = [torch.arange(o, o + len(d.ids)) for o, d in zip(self.doc_offsets, self.documents, strict=True)]

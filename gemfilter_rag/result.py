@@ -78,14 +78,23 @@ class CompressionResult:
     """Indices of the kept tokens among all context tokens (documents concatenated)."""
     original_tokens: int
     compressed_tokens: int
+    """Kept context tokens (``len(kept_token_indices)``)."""
     filter_layer: int | None
     """Layer whose attention chose the tokens; None when no filter pass ran (nothing to cut)."""
     granularity: str
+    separator_tokens: int = 0
+    """Tokens of the separators in ``text`` (one between every two documents that kept any): the budget
+    ``top_k`` holds ``compressed_tokens + separator_tokens`` (``output_tokens``)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: tokenize, filter, select, total."""
     details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     """For the explain view (``to_html``): ``documents`` (original texts), ``token_ends`` (per document,
     the end offset of each token) and ``scores`` (one per context token); None when not recorded."""
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens of ``text`` as the budget counts them: kept context tokens plus separators."""
+        return self.compressed_tokens + self.separator_tokens
 
     @property
     def ratio(self) -> float:

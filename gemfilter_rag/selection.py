@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -57,6 +57,44 @@ def select_ranked(values: torch.Tensor, units: Sequence[Unit], budget: int) -> t
     if not kept:
         return torch.empty(0, dtype=torch.long)
     return torch.cat([torch.arange(units[u][0], units[u][1]) for u in kept])
+
+
+def output_tokens(keep: torch.Tensor, doc_ends: Sequence[int], join: int) -> int:
+    """Tokens of the text that keeping ``keep`` (K,) gives: the kept tokens, plus ``join`` tokens (the
+    separator) between every two documents that keep any. ``doc_ends``: each document's end, in
+    context-token indices (ascending)."""
+    if keep.numel() == 0:
+        return 0
+    if join == 0:
+        return int(keep.numel())
+    docs = torch.bucketize(keep, torch.tensor(list(doc_ends), dtype=keep.dtype), right=True)  # (K,)
+    return int(keep.numel()) + join * (int(torch.unique(docs).numel()) - 1)
+
+
+def fit_joins(pick: Callable[[int], torch.Tensor], budget: int, doc_ends: Sequence[int], join: int) -> torch.Tensor:
+    """``pick(b)`` (kept token indices within ``b`` tokens) for a ``b`` whose output, separators between
+    documents included (``output_tokens``), fits ``budget``, so the text handed on never exceeds it.
+
+    ``b`` drops by each overshoot until the output fits, then grows back by bisection to the largest ``b``
+    that fits: exact where the output grows with ``b`` (the best ``b`` tokens), close for greedy units.
+    """
+    keep = pick(budget)
+    over = output_tokens(keep, doc_ends, join) - budget
+    if over <= 0:
+        return keep
+    fits, b = budget, budget  # fits: the smallest b known not to fit, then b: one that fits
+    while over > 0 and b > 0:
+        fits, b = b, max(0, b - over)
+        keep = pick(b)
+        over = output_tokens(keep, doc_ends, join) - budget
+    while fits - b > 1:  # the largest b that fits, between one that fits and one that does not
+        mid = (b + fits) // 2
+        found = pick(mid)
+        if output_tokens(found, doc_ends, join) <= budget:
+            b, keep = mid, found
+        else:
+            fits = mid
+    return keep
 
 
 def normalise(scores: torch.Tensor) -> torch.Tensor:

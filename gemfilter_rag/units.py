@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .headers import unit_contexts
 from .pieces import cut_units
 from .prompt import FilterPrompt
-from .selection import MAX_SENTENCE_TOKENS, Unit, token_units
+from .selection import MAX_SENTENCE_TOKENS, Unit, output_tokens, token_units
 from .structure import structure
 
 
@@ -21,6 +23,22 @@ class PromptUnits:
     kinds: list[str] = field(default_factory=list)
     """For each document, its kind (``structure.KINDS``) when its units follow its structure
     (granularity "sentence"); empty for the other granularities."""
+
+    join: int = 0
+    """Tokens of the separator that joins two kept documents in the output text."""
+
+    @property
+    def doc_ends(self) -> list[int]:
+        """Each document's end in context-token indices (the units partition the documents)."""
+        ends, end = [], 0
+        for units in self.per_document:
+            end = units[-1][1] if units else end
+            ends.append(end)
+        return ends
+
+    def output_tokens(self, keep: torch.Tensor) -> int:
+        """Tokens of the output text of keeping ``keep`` (K,): kept tokens plus a separator between documents."""
+        return output_tokens(keep, self.doc_ends, self.join)
 
     @property
     def units(self) -> list[Unit]:
@@ -62,7 +80,7 @@ def prompt_units(prompt: FilterPrompt, granularity: str, budget: int) -> PromptU
             else:
                 per_doc.append(cut_units(doc.ends, doc.text, found.spans, found.roles, start, piece, budget))
         start += n
-    return PromptUnits(per_doc, kinds)
+    return PromptUnits(per_doc, kinds, prompt.join_tokens)
 
 
 def unit_text(prompt: FilterPrompt, document: int, unit: Unit, offset: int) -> str:

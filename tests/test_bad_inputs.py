@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from tinymodels import fills_budget
 
 from gemfilter_rag import GemFilterCompressor, GemFilterConfig, capture, loading
 
@@ -97,7 +98,7 @@ def test_bad_budget(compressor: GemFilterCompressor, top_k: Any, error: type[Exc
 
 
 def test_whole_float_budget_and_empty_documents_are_accepted(compressor: GemFilterCompressor) -> None:
-    assert compressor.compress(DOCS, QUERY, top_k=10.0).compressed_tokens == 10
+    assert fills_budget(compressor.compress(DOCS, QUERY, top_k=10.0), 10)
     empty = compressor.compress([], QUERY, top_k=5)
     assert empty.documents == [] and empty.text == ""
     blank = compressor.compress(["", ""], QUERY, top_k=5)
@@ -266,7 +267,7 @@ def test_context_longer_than_the_model(tiny_model_factory: Callable[..., Any], t
     except ValueError as err:
         assert str(err).startswith("documents: ") and "96" in str(err)
         return
-    assert result.original_tokens > 96 and result.compressed_tokens == 20
+    assert result.original_tokens > 96 and fills_budget(result, 20)
     for doc, src in zip(result.documents, docs, strict=True):
         assert doc.text == "".join(src[a:b] for a, b in doc.spans)
 

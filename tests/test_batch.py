@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from tinymodels import fills_budget
 
 from gemfilter_rag.generation import GenerationResult
 from gemfilter_rag.pipeline import build_prompts, compress_prompts
@@ -128,7 +129,7 @@ def test_prompts_longer_than_the_model_fall_back_to_windows(make_compressor: Cal
     with pytest.raises(ValueError, match="top_k"):
         comp.generate(long_docs, "Who left?", max_new_tokens=4, top_k=100_000)
     res = comp.generate(long_docs, "Who left?", max_new_tokens=4, top_k=20)
-    assert isinstance(res, GenerationResult) and res.compression.compressed_tokens == 20
+    assert isinstance(res, GenerationResult) and fills_budget(res.compression, 20)
 
 
 def test_per_item_budgets_and_retriever_scores_equal_one_by_one(make_compressor: Callable[..., Any], arch: str) -> None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from tinymodels import fills_budget
 
 from gemfilter_rag import CompressionResult, GemFilterCompressor, GemFilterConfig, ScoringConfig
 
@@ -34,6 +35,9 @@ def _check_result(result: CompressionResult, docs: list[str], separator: str = "
         assert 0.0 <= d.score_share <= 1.0 + 1e-6
     assert result.text == separator.join(d.text for d in result.documents if d.text)
     assert result.compressed_tokens == len(result.kept_token_indices) == sum(d.kept_tokens for d in result.documents)
+    joined = sum(1 for d in result.documents if d.text)
+    assert (result.separator_tokens == 0) == (joined < 2)
+    assert result.output_tokens == result.compressed_tokens + result.separator_tokens
     assert result.original_tokens == sum(d.original_tokens for d in result.documents)
     assert result.kept_token_indices == sorted(set(result.kept_token_indices))
     assert all(0 <= i < result.original_tokens for i in result.kept_token_indices)
@@ -57,14 +61,16 @@ def test_paper_mode_token_spans(make_compressor: Any, arch: str) -> None:
     comp = make_compressor(arch, granularity="token", scoring=ScoringConfig.paper())
     result = comp.compress(DOCS, QUERY, top_k=20)
     _check_result(result, DOCS)
-    assert result.compressed_tokens == 20
+    assert fills_budget(result, 20)  # as many tokens as fit with their separators
 
 
 @pytest.mark.parametrize("extra", [0, 1, 1000])
 def test_budget_at_least_context_keeps_everything(make_compressor: Any, arch: str, extra: int) -> None:
     comp = make_compressor(arch)
-    total = comp.compress(DOCS, QUERY, top_k=10_000).original_tokens
-    result = comp.compress(DOCS, QUERY, top_k=total + extra)
+    whole = comp.compress(DOCS, QUERY, top_k=10_000)
+    total = whole.original_tokens
+    assert whole.output_tokens == total + whole.separator_tokens > total  # the separators count too
+    result = comp.compress(DOCS, QUERY, top_k=whole.output_tokens + extra)
     _check_result(result, DOCS)
     assert [d.text for d in result.documents] == DOCS  # byte for byte, unicode included
     assert all(d.spans == ([(0, len(t))] if t else []) for d, t in zip(result.documents, DOCS, strict=True))
@@ -74,10 +80,10 @@ def test_budget_at_least_context_keeps_everything(make_compressor: Any, arch: st
 
 def test_budget_one_below_context_runs_the_filter(make_compressor: Any) -> None:
     comp = make_compressor("llama", granularity="token")
-    total = comp.compress(DOCS, QUERY, top_k=10_000).original_tokens
-    result = comp.compress(DOCS, QUERY, top_k=total - 1)
+    whole = comp.compress(DOCS, QUERY, top_k=10_000).output_tokens
+    result = comp.compress(DOCS, QUERY, top_k=whole - 1)
     assert result.filter_layer == comp.filter_layer
-    assert result.compressed_tokens == total - 1
+    assert result.output_tokens == whole - 1
 
 
 def test_empty_document_list(make_compressor: Any) -> None:

@@ -32,6 +32,7 @@ from gemfilter_rag.pipeline import build_prompts
 from gemfilter_rag.profiles import Profile, fingerprint
 from gemfilter_rag.readout import Readout, ReadoutSet, variant_extras
 from gemfilter_rag.scoring import query_positions, token_similarity
+from gemfilter_rag.selection import fit_joins
 from gemfilter_rag.units import prompt_units
 
 ALL = CHANNEL_BLOCKS + LAYER_BLOCKS
@@ -225,13 +226,19 @@ def test_a_readout_over_every_block_keeps_what_its_logits_rank_first(arch: str) 
         blocks=ALL,
     )
     logits = comp.readouts.variants["attention"].logits(x)  # type: ignore[union-attr]
-    left, kept = 40, []
-    for u in torch.argsort(logits, descending=True, stable=True).tolist():
-        a, b = units.units[u]
-        if b - a <= left:
-            kept += list(range(a, b))
-            left -= b - a
-    assert res.kept_token_indices == sorted(kept)
+
+    def greedy(left: int) -> torch.Tensor:
+        kept: list[int] = []
+        for u in torch.argsort(logits, descending=True, stable=True).tolist():
+            a, b = units.units[u]
+            if b - a <= left:
+                kept += list(range(a, b))
+                left -= b - a
+        return torch.tensor(sorted(kept), dtype=torch.long)
+
+    # within the budget less the separators between the documents kept
+    kept = fit_joins(greedy, 40, units.doc_ends, units.join).tolist()
+    assert res.kept_token_indices == kept
     batched = comp.compress_batch([(DOCS, QUERY), (DOCS[:2], "Who left?")], top_k=40)
     assert batched[0].kept_token_indices == res.kept_token_indices
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from tinymodels import fills_budget
 
 from gemfilter_rag.generation import GenerationResult, GenerationStream, answer_input_ids
 from gemfilter_rag.pipeline import build_prompts
@@ -62,7 +63,7 @@ def test_compressed_prompt_is_the_kept_tokens(make_compressor: Callable[..., Any
     assert isinstance(res, GenerationResult)
     prompt = build_prompts(comp.plan, [(DOCS, QUERY)])[0]
     kept = res.compression.kept_token_indices
-    assert len(kept) == 12 and res.compression.filter_layer == comp.filter_layer
+    assert fills_budget(res.compression, 12) and res.compression.filter_layer == comp.filter_layer
     ids = answer_input_ids(prompt, kept)
     context = torch.cat([torch.tensor(d.ids, dtype=torch.long) for d in prompt.documents])
     # the answering prompt keeps the template around the context and the question untouched

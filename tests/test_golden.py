@@ -1,9 +1,11 @@
-"""The golden test: ``compress`` and ``generate`` return what they returned before the core was reorganised.
+"""The golden test: ``compress`` and ``generate`` return what they returned when the record was written.
 
-``tests/golden/compress.json`` was written by ``python tests/golden_cases.py`` on the commit before the
-move to capture / FilterModel / scorers / pipeline. Tiny models of every architecture, both scorers,
-every granularity, both rule-based priors, windows and ``generate``; the real default model in the
-``real`` suite. Spans and kept tokens must be equal, scores within 1e-5.
+``tests/golden/compress.json`` was first written by ``python tests/golden_cases.py`` on the commit before the
+move to capture / FilterModel / scorers / pipeline, and written again when the budget began to count the
+separators between kept documents (scores unchanged; kept tokens and texts as that rule gives them). Tiny
+models of every architecture, both scorers, every granularity, both rule-based priors, windows and
+``generate``; the real default model in the ``real`` suite. Spans and kept tokens must be equal, scores
+within 1e-5.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from gemfilter_rag.profiles import Profile, fingerprint
 from gemfilter_rag.readout import Readout, ReadoutSet, variant_extras
 from gemfilter_rag.scorers import ReadoutScorer, records_key_attention
 from gemfilter_rag.scoring import query_positions
+from gemfilter_rag.selection import fit_joins
 from gemfilter_rag.units import prompt_units, unit_text
 
 DOCS = [p.replace("\n", " ") for p in TRAINING_TEXT.split("\n\n")[:4]]
@@ -197,13 +198,19 @@ def expected_kept(comp: GemFilterCompressor, query: str, budget: int) -> list[in
         lexical=match_features(query, texts),
     )
     logits = comp.readouts.variants["attention"].logits(x)  # type: ignore[union-attr]
-    left, kept = budget, []
-    for u in torch.argsort(logits, descending=True, stable=True).tolist():
-        a, b = units.units[u]
-        if b - a <= left:
-            kept += list(range(a, b))
-            left -= b - a
-    return sorted(kept)
+
+    def greedy(left: int) -> torch.Tensor:
+        kept: list[int] = []
+        for u in torch.argsort(logits, descending=True, stable=True).tolist():
+            a, b = units.units[u]
+            if b - a <= left:
+                kept += list(range(a, b))
+                left -= b - a
+        return torch.tensor(sorted(kept), dtype=torch.long)
+
+    # within the budget less the separators between the documents kept
+    kept = fit_joins(greedy, budget, units.doc_ends, units.join).tolist()
+    return kept
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

@@ -25,6 +25,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tinymodels import fills_budget
 
 from gemfilter_rag import CompressionResult, GemFilterCompressor
 
@@ -110,7 +111,7 @@ def check_invariants(
         total += doc.original_tokens
     assert result.original_tokens == total
     assert result.compressed_tokens == len(result.kept_token_indices) == sum(d.kept_tokens for d in result.documents)
-    assert result.compressed_tokens <= budget
+    assert result.compressed_tokens <= result.output_tokens <= budget
     idx = result.kept_token_indices
     assert idx == sorted(set(idx))
     assert all(0 <= t < result.original_tokens for t in idx)
@@ -167,9 +168,10 @@ def test_budget_at_least_length_keeps_everything(
     compressor_for: Callable[[str, str], Any], documents: list[str], query: str, extra: int, arch: str, granularity: str
 ) -> None:
     compressor = compressor_for(arch, granularity)
-    n = compressor.compress(documents, query, top_k=1_000_000).original_tokens
-    result = compressor.compress(documents, query, top_k=max(1, n + extra))
-    check_invariants(result, documents, query, max(1, n + extra))
+    whole = compressor.compress(documents, query, top_k=1_000_000)
+    n = whole.original_tokens
+    result = compressor.compress(documents, query, top_k=max(1, whole.output_tokens + extra))
+    check_invariants(result, documents, query, max(1, whole.output_tokens + extra))
     assert result.compressed_tokens == n
     assert result.filter_layer is None  # nothing to cut: no filter pass ran
     for doc, src in zip(result.documents, documents, strict=True):
@@ -182,15 +184,17 @@ def test_budget_at_least_length_keeps_everything(
 def test_budget_one_below_length_cuts_tokens(
     compressor_for: Callable[[str, str], Any], documents: list[str], query: str, budget: int
 ) -> None:
-    """At token granularity, a budget below the context length keeps exactly ``budget`` tokens."""
+    """At token granularity, a budget below the text's length keeps the most tokens that fit with the
+    separators between the documents they come from."""
     compressor = compressor_for("llama", "token")
-    n = compressor.compress(documents, query, top_k=1_000_000).original_tokens
-    if n < 2:
+    whole = compressor.compress(documents, query, top_k=1_000_000)
+    n = whole.output_tokens
+    if whole.original_tokens < 2:
         return
     top_k = min(budget, n - 1)
     result = compressor.compress(documents, query, top_k=top_k)
     check_invariants(result, documents, query, top_k)
-    assert result.compressed_tokens == top_k
+    assert fills_budget(result, top_k)
     assert result.filter_layer == 1
 
 

@@ -26,6 +26,7 @@ from gemfilter_rag.pipeline import build_prompts
 from gemfilter_rag.profiles import Profile, fingerprint
 from gemfilter_rag.readout import Readout, ReadoutSet, variant_extras, variant_name
 from gemfilter_rag.scoring import query_positions
+from gemfilter_rag.selection import fit_joins
 
 HEADS = 4
 LAYER = 2
@@ -206,13 +207,19 @@ def test_readout_keeps_the_units_its_logits_rank_first(arch: str) -> None:
     assert item.attention is not None
     x, _ = unit_features(item.attention[:, :, prompt.context_positions()], units.units, torch.tensor(units.documents))
     logits = comp.readouts.variants["attention"].logits(x)  # type: ignore[union-attr]
-    left, kept = 40, []
-    for u in torch.argsort(logits, descending=True, stable=True).tolist():
-        a, b = units.units[u]
-        if b - a <= left:
-            kept += list(range(a, b))
-            left -= b - a
-    assert res.kept_token_indices == sorted(kept)
+
+    def greedy(left: int) -> torch.Tensor:
+        kept: list[int] = []
+        for u in torch.argsort(logits, descending=True, stable=True).tolist():
+            a, b = units.units[u]
+            if b - a <= left:
+                kept += list(range(a, b))
+                left -= b - a
+        return torch.tensor(sorted(kept), dtype=torch.long)
+
+    # within the budget less the separators between the documents kept
+    kept = fit_joins(greedy, 40, units.doc_ends, units.join).tolist()
+    assert res.kept_token_indices == kept
 
 
 def test_readout_batch_and_generate_equal_one_by_one() -> None:

@@ -9,8 +9,18 @@ import torch
 
 from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag.prompt import FilterPrompt, build_prompt
-from gemfilter_rag.selection import MAX_SENTENCE_TOKENS, select_tokens, select_units, token_units, unit_scores
+from gemfilter_rag.selection import (
+    MAX_SENTENCE_TOKENS,
+    fit_joins,
+    output_tokens,
+    select_ranked,
+    select_tokens,
+    select_units,
+    token_units,
+    unit_scores,
+)
 from gemfilter_rag.sentences import sentence_spans
+from gemfilter_rag.units import prompt_units
 
 DOCS = [
     "The most important thing in a young company is to make something people want. Founders often spend "
@@ -52,6 +62,37 @@ def test_select_units_greedy_skips_what_does_not_fit() -> None:
     assert select_units(s, [(2, 2)], 10).tolist() == []  # an empty unit is never "kept"
 
 
+def test_output_tokens_adds_a_separator_between_documents_that_keep_any() -> None:
+    ends = [3, 3, 7, 10]  # documents [0, 3), [3, 3) (empty), [3, 7), [7, 10)
+    keep = torch.tensor([0, 1, 8])
+    assert output_tokens(keep, ends, 2) == 3 + 2  # two documents: one separator
+    assert output_tokens(torch.tensor([0, 4, 8]), ends, 2) == 3 + 2 * 2
+    assert output_tokens(torch.tensor([4, 5]), ends, 2) == 2  # one document: none
+    assert output_tokens(torch.tensor([0, 4, 8]), ends, 0) == 3
+    assert output_tokens(torch.empty(0, dtype=torch.long), ends, 5) == 0
+
+
+def test_fit_joins_keeps_the_text_within_the_budget() -> None:
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.rand(40, generator=gen)
+    ends = [10, 20, 30, 40]
+    for budget in range(0, 45):
+        for join in (0, 1, 3):
+            keep = fit_joins(lambda b: select_tokens(scores, b), budget, ends, join)
+            assert output_tokens(keep, ends, join) <= budget
+            assert keep.tolist() == select_tokens(scores, int(keep.numel())).tolist()  # still the best tokens
+            assert int(keep.numel()) >= min(40, budget) - join * (len(ends) - 1)  # gives up no more than separators
+            more = select_tokens(scores, int(keep.numel()) + 1)
+            assert keep.numel() == 40 or output_tokens(more, ends, join) > budget  # the most tokens that fit
+            if join == 0:
+                assert keep.tolist() == select_tokens(scores, budget).tolist()
+    # whole documents: the third does not fit once its separator is charged
+    units = [(0, 10), (10, 20), (20, 30), (30, 40)]
+    values = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert fit_joins(lambda b: select_ranked(values, units, b), 30, ends, 1).tolist() == list(range(20))
+    assert fit_joins(lambda b: select_ranked(values, units, b), 32, ends, 1).tolist() == list(range(30))
+
+
 def test_token_units_follow_spans_and_cap_length() -> None:
     # tokens end at these characters; spans are two sentences [0, 10) and [10, 25)
     ends = [3, 6, 10, 12, 15, 18, 21, 25]
@@ -87,8 +128,14 @@ def test_token_granularity_keeps_exact_top_k(make_compressor: Any, arch: str, to
     comp = make_compressor(arch, granularity="token", filter_layer=1)
     scores = comp.score_prompt(_prompt(comp))
     result = comp.compress(DOCS, QUERY, top_k=top_k)
-    assert result.kept_token_indices == _independent_top_k(scores, top_k)
-    assert result.compressed_tokens == top_k
+    kept = result.kept_token_indices
+    # the best tokens, as many as fit once a separator between kept documents is counted
+    assert kept == _independent_top_k(scores, len(kept))
+    units = prompt_units(_prompt(comp), "token", top_k)
+    assert units.join > 0
+    assert units.output_tokens(torch.tensor(kept)) <= top_k
+    assert len(kept) >= top_k - units.join * (sum(1 for d in DOCS if d) - 1)
+    assert result.compressed_tokens == len(kept)
     assert result.filter_layer == 1
 
 
@@ -112,12 +159,12 @@ def test_sentence_granularity_keeps_whole_sentences(make_compressor: Any, arch: 
     for a, b in units:
         inside = {t for t in range(a, b) if t in kept}
         assert not inside or len(inside) == b - a, f"unit {(a, b)} partly kept"
-    # greedy by unit score: matches the pure selection on the same scores
+    # greedy by unit score, within the budget less the separators: the pure selection on the same scores
     scores = comp.score_prompt(prompt)
-    assert result.kept_token_indices == select_units(scores, units, top_k).tolist()
-    # and nothing that still fits was left out
-    left = top_k - len(kept)
-    assert all(b - a > left for a, b in units if a not in kept)
+    layout = prompt_units(prompt, "sentence", top_k)
+    fitted = fit_joins(lambda b: select_units(scores, units, b), top_k, layout.doc_ends, layout.join)
+    assert result.kept_token_indices == fitted.tolist()
+    assert layout.output_tokens(fitted) <= top_k
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 5])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tinymodels import SEED, TRAINING_TEXT, model_config
+from tinymodels import SEED, TRAINING_TEXT, fills_budget, model_config
 
 from gemfilter_rag import GemFilterCompressor
 from gemfilter_rag.evidence import Evidence
@@ -146,7 +146,7 @@ def test_long_prompt_is_scored_in_windows(arch: str, tokenizer) -> None:
     assert len(calls) >= 2
     torch.testing.assert_close(comp.score_prompt(prompt), scores)
     res = comp.compress(docs, "What do cities send?", top_k=30)
-    assert res.compressed_tokens == 30 and res.filter_layer == 2
+    assert fills_budget(res, 30) and res.filter_layer == 2
 
 
 def test_single_window_ranks_units_as_one_direct_pass(tokenizer) -> None:

@@ -139,3 +139,19 @@ def build_model(arch: str, attn_implementation: str = "sdpa") -> Any:
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
         _MODELS[key] = model.float().eval()
     return _MODELS[key]
+
+
+def fills_budget(result: Any, budget: int) -> bool:
+    """Whether ``result``'s text (kept tokens plus separators) fits ``budget`` and holds as many tokens as fit
+    the way token selection fills it: short of ``budget`` by less than one token and one separator."""
+    joins = sum(1 for d in result.documents if d.text) - 1
+    join = result.separator_tokens // joins if joins > 0 else 0
+    return bool(budget - join <= result.output_tokens <= budget)
+
+
+def fills_kept(kept: list[int], budget: int, compressor: Any) -> bool:
+    """``fills_budget`` for an adapter's output: ``kept`` holds the kept tokens of each document handed on;
+    a separator of ``compressor``'s (``config.separator``) is counted between every two of them."""
+    join = len(compressor.tokenizer(compressor.config.separator, add_special_tokens=False)["input_ids"])
+    used = sum(kept) + join * max(0, sum(1 for k in kept if k) - 1)
+    return bool(budget - join <= used <= budget)

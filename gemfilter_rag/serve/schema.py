@@ -69,7 +69,10 @@ class CompressRequest(BaseModel):
     documents: list[str] = Field(description="The context, in order (e.g. the retriever's chunks), one string each.")
     query: str = Field(description="The question the context must answer; not empty.")
     top_k: int | None = Field(
-        default=None, gt=0, description="Token budget across all documents; null: the server's profile (config.top_k)."
+        default=None,
+        gt=0,
+        description="Token budget of the text handed on, across all documents (separators between kept "
+        "documents count); null: the server's profile (config.top_k).",
     )
     document_scores: list[float] | None = Field(
         default=None,

@@ -53,7 +53,8 @@ class GemFilterDocumentCompressor(BaseDocumentCompressor):
     top_k: int | None = Field(
         default=None,
         gt=0,
-        description="Token budget across all documents of one call; None uses the compressor's config.top_k.",
+        description="Token budget across all documents of one call (the separators between kept documents "
+        "count); None uses the compressor's config.top_k.",
     )
     granularity: Literal["token", "sentence", "document"] | None = Field(
         default=None,
