@@ -550,22 +550,17 @@ def _context_cache(past: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int,
     context instead of the whole context being copied again (``DynamicLayer.update`` concatenates)."""
     from transformers import DynamicCache
 
-    layer_class = _filled_layer_class()
     cache = DynamicCache()
-    if layer_class is None or not isinstance(getattr(cache, "layers", None), list):
-        return DynamicCache(ddp_cache_data=[(k.to(device), v.to(device)) for k, v in past])
+    layer_class = _filled_layer_class()
     cache.layers = [layer_class(k.to(device), v.to(device), room) for k, v in past]
     return cache
 
 
 @functools.cache
 def _filled_layer_class() -> Any:
-    """A ``DynamicLayer`` that starts filled and grows inside a buffer made with room (None where this
-    transformers has no ``DynamicLayer``)."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # pragma: no cover - transformers without cache layers
-        return None
+    """A transformers ``DynamicLayer`` that starts filled and grows inside a buffer made with room (defined on
+    first use, so that importing this module does not import transformers' cache classes)."""
+    from transformers.cache_utils import DynamicLayer
 
     class FilledLayer(DynamicLayer):  # type: ignore[misc, valid-type]
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
@@ -644,22 +639,19 @@ def run_cached_pass(
     rows = rows.to(device)
     stacks: list[torch.Tensor] = []
     keyed: list[torch.Tensor] = []
+    kr = key_rows.to(device) if key_rows is not None else None  # (K,)
+
+    def mean_rows(cap: LayerCapture, r: torch.Tensor) -> torch.Tensor:
+        """The mean attention of the rows at positions ``r`` (R,) at this layer: (H, C + N)."""
+        if cap.probs is not None:  # the layer's attention, computed once for every live row (_attend)
+            return cap.probs[0][:, r - start].float().mean(dim=1)
+        q = cap.query[:, :, r - start]  # (1, H, R, D)
+        return row_attention(q, cap.key, r, cap.scaling, cap.sliding_window)[0].float()
 
     def observe(layer: int, cap: LayerCapture) -> None:
-        if cap.probs is not None:  # the layer's attention, computed once for every live row (_attend)
-            stacks.append(cap.probs[0][:, rows - start].float().mean(dim=1))  # (H, C + N)
-        else:
-            q = cap.query[:, :, rows - start]  # (1, H, Q, D)
-            stacks.append(row_attention(q, cap.key, rows, cap.scaling, cap.sliding_window)[0].float())  # (H, C + N)
-        if key_rows is not None:
-            kr = key_rows.to(device)  # (K,)
-            if not kr.numel():
-                keyed.append(stacks[-1])  # (H, C + N)
-            elif cap.probs is not None:
-                keyed.append(cap.probs[0][:, kr - start].float().mean(dim=1))  # (H, C + N)
-            else:
-                qk = cap.query[:, :, kr - start]  # (1, H, K, D)
-                keyed.append(row_attention(qk, cap.key, kr, cap.scaling, cap.sliding_window)[0].float())
+        stacks.append(mean_rows(cap, rows))  # (H, C + N)
+        if kr is not None:
+            keyed.append(mean_rows(cap, kr) if kr.numel() else stacks[-1])  # (H, C + N)
 
     cache = _context_cache(past, live, device)
     positions = torch.arange(start, start + live, device=device)[None]  # (1, N)

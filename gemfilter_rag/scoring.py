@@ -13,18 +13,21 @@ import torch.nn.functional as F
 from .config import ScoringConfig
 
 
+def _by_group(x: torch.Tensor, kv: int, what: str) -> torch.Tensor:
+    """Query heads grouped by the key/value head they share (GQA): (B, H, ...) -> (B, KV, G, ...) in float32."""
+    b, h = x.shape[:2]
+    if h % kv:
+        raise ValueError(f"query heads ({h}) must be a multiple of {what} heads ({kv})")
+    return x.float().reshape(b, kv, h // kv, *x.shape[2:])
+
+
 def query_logits(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Raw dot products ``q . k`` of some query rows against every key, GQA keys repeated.
 
     query: (B, H, Q, D); key: (B, KV, T, D) with H a multiple of KV. Returns (B, H, Q, T).
     """
-    b, h, q, d = query.shape
-    kv = key.shape[1]
-    if h % kv:
-        raise ValueError(f"query heads ({h}) must be a multiple of key heads ({kv})")
-    grouped = query.float().reshape(b, kv, h // kv, q, d)  # (B, KV, G, Q, D)
-    logits = torch.einsum("bkgqd,bktd->bkgqt", grouped, key.float())  # (B, KV, G, Q, T)
-    return logits.reshape(b, h, q, key.shape[2])  # (B, H, Q, T)
+    grouped = _by_group(query, key.shape[1], "key")  # (B, KV, G, Q, D)
+    return torch.einsum("bkgqd,bktd->bkgqt", grouped, key.float()).flatten(1, 2)  # (B, H, Q, T)
 
 
 def visibility_mask(query_positions: torch.Tensor, seq_len: int, sliding_window: int | None = None) -> torch.Tensor:
@@ -109,13 +112,8 @@ def row_attention(
 def attend(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """The attention output of softmax weights ``probs`` (B, H, Q, T) over ``value`` (B, KV, T, D), GQA values
     repeated: (B, H, Q, D) in float32."""
-    b, h, q, t = probs.shape
-    kv = value.shape[1]
-    if h % kv:
-        raise ValueError(f"query heads ({h}) must be a multiple of value heads ({kv})")
-    grouped = probs.float().reshape(b, kv, h // kv, q, t)  # (B, KV, G, Q, T)
-    out = torch.einsum("bkgqt,bktd->bkgqd", grouped, value.float())  # (B, KV, G, Q, D)
-    return out.reshape(b, h, q, value.shape[-1])  # (B, H, Q, D)
+    grouped = _by_group(probs, value.shape[1], "value")  # (B, KV, G, Q, T)
+    return torch.einsum("bkgqt,bktd->bkgqd", grouped, value.float()).flatten(1, 2)  # (B, H, Q, D)
 
 
 def token_similarity(states: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

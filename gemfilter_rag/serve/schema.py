@@ -61,7 +61,21 @@ def _check_options(value: Any) -> dict[str, Any]:
     return value
 
 
-class CompressRequest(BaseModel):
+class _DocumentsRequest(BaseModel):
+    """The checks of the fields every request with documents shares: ``documents`` and ``options``."""
+
+    @field_validator("documents", mode="before", check_fields=False)
+    @classmethod
+    def _documents(cls, value: Any) -> list[str]:
+        return typing.cast(list[str], _library(_check_documents, value))
+
+    @field_validator("options", mode="before", check_fields=False)
+    @classmethod
+    def _options(cls, value: Any) -> dict[str, Any]:
+        return _check_options(value)
+
+
+class CompressRequest(_DocumentsRequest):
     """``POST /v1/compress``: what ``GemFilterCompressor.compress(documents, query, ...)`` takes."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [dict(EXAMPLE)]})
@@ -84,11 +98,6 @@ class CompressRequest(BaseModel):
         description='GemFilterConfig or ScoringConfig fields for this request, e.g. {"granularity": "token"}; '
         "applied with GemFilterCompressor.with_options.",
     )
-
-    @field_validator("documents", mode="before")
-    @classmethod
-    def _documents(cls, value: Any) -> list[str]:
-        return typing.cast(list[str], _library(_check_documents, value))
 
     @field_validator("query", mode="before")
     @classmethod
@@ -118,18 +127,13 @@ class CompressRequest(BaseModel):
             )
         return typing.cast("list[float] | None", _library(check_document_scores, value, len(value)))
 
-    @field_validator("options", mode="before")
-    @classmethod
-    def _options(cls, value: Any) -> dict[str, Any]:
-        return _check_options(value)
-
     @model_validator(mode="after")
     def _one_score_per_document(self) -> CompressRequest:
         _library(check_document_scores, self.document_scores, len(self.documents))
         return self
 
 
-class WarmRequest(BaseModel):
+class WarmRequest(_DocumentsRequest):
     """``POST /v1/warm``: chunks to encode into the server's chunk cache (``GemFilterCompressor.warm``)."""
 
     model_config = ConfigDict(
@@ -142,16 +146,6 @@ class WarmRequest(BaseModel):
         description="The options the later compress requests will carry (the prompt's template shapes the "
         "entries); applied with GemFilterCompressor.with_options.",
     )
-
-    @field_validator("documents", mode="before")
-    @classmethod
-    def _documents(cls, value: Any) -> list[str]:
-        return typing.cast(list[str], _library(_check_documents, value))
-
-    @field_validator("options", mode="before")
-    @classmethod
-    def _options(cls, value: Any) -> dict[str, Any]:
-        return _check_options(value)
 
 
 class WarmResponse(BaseModel):

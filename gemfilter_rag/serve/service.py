@@ -17,7 +17,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +72,13 @@ COMPRESS = CompressEndpoint()
 WARM_ROUTE = "/v1/warm"
 
 
-class WarmEndpoint(CompressEndpoint):
-    """``POST /v1/warm``'s errors (its answers come from ``CompressionService.warm``)."""
+class WarmEndpoint(Endpoint):
+    """``POST /v1/warm``: its route and errors (``CompressionService.warm`` reads and answers it)."""
 
     route = WARM_ROUTE
 
 
-COMPRESS_WARM = WarmEndpoint()
+WARM = WarmEndpoint()
 
 
 class CompressionService:
@@ -106,38 +107,65 @@ class CompressionService:
 
     async def handle(self, request: Request, endpoint: Endpoint = COMPRESS) -> Response:
         """Answer one request of ``endpoint``'s route (default ``POST /v1/compress``)."""
+
+        async def work() -> tuple[Any, CompressionResult | None] | None:
+            done = await self._compress(request, endpoint)
+            if done is None:
+                return None
+            state, item, result = done
+            return endpoint.respond(state, result, item.truncated), result
+
+        return await self._answer(endpoint, work)
+
+    async def warm(self, request: Request) -> Response:
+        """``POST /v1/warm``: encode the chunks the server's cache lacks (``GemFilterCompressor.warm``), in a
+        worker thread beside the batches; 409 when the server has no cache."""
+        return await self._answer(WARM, lambda: self._warm(request))
+
+    async def _answer(
+        self, endpoint: Endpoint, work: Callable[[], Awaitable[tuple[Any, CompressionResult | None] | None]]
+    ) -> Response:
+        """The door, the in-flight count, the error answers and the metrics around one request's ``work``:
+        (JSON answer, the result to count tokens of, or None), or None when the client went away."""
         started = time.monotonic()
         route = endpoint.route
         if self.draining:
             return self._fail(endpoint, ServiceError(503, "shutting_down", _DRAINING, retry_after=1))
-        self.in_flight += 1
-        try:
-            done = await self._compress(request, endpoint)
-        except ServiceError as err:
-            return self._fail(endpoint, err)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # nothing a client sends may take the worker down
-            log.exception("internal error in %s", route)
-            return self._fail(
-                endpoint,
-                ServiceError(500, "internal", f"internal: {type(err).__name__}: {err}; the server keeps running."),
-            )
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0 and self._idle is not None:
-                self._idle.set()
+        with self._in_flight():
+            try:
+                done = await work()
+            except ServiceError as err:
+                return self._fail(endpoint, err)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # nothing a client sends may take the worker down
+                log.exception("internal error in %s", route)
+                return self._fail(
+                    endpoint,
+                    ServiceError(500, "internal", f"internal: {type(err).__name__}: {err}; the server keeps running."),
+                )
         if done is None:  # the client went away
             self.metrics.errors.labels(route, "client_disconnected").inc()
             self.metrics.requests.labels(route, "499").inc()
             return Response(status_code=499)
-        state, item, result = done
-        answer = endpoint.respond(state, result, item.truncated)
+        answer, result = done
         self.metrics.requests.labels(route, "200").inc()
         self.metrics.latency.labels(route).observe(time.monotonic() - started)
-        self.metrics.tokens_in.inc(result.original_tokens)
-        self.metrics.tokens_out.inc(result.compressed_tokens)
+        if result is not None:
+            self.metrics.tokens_in.inc(result.original_tokens)
+            self.metrics.tokens_out.inc(result.compressed_tokens)
         return JSONResponse(answer)
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a request in flight while the block runs; the drain waits for the count to reach 0."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
 
     async def _compress(self, request: Request, endpoint: Endpoint) -> tuple[Any, _Item, CompressionResult] | None:
         try:
@@ -219,7 +247,7 @@ class CompressionService:
                 prompt, more = _cut(compressor, prompt, call, cap, call.truncate)
                 truncated = sorted(set(truncated) | set(more))
         except (TypeError, ValueError) as err:
-            raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
+            raise _library_error(err) from None
         if prompt.context_tokens > limit:
             raise ServiceError(
                 413,
@@ -250,10 +278,8 @@ class CompressionService:
             raise _queue_full(err, self.settings.max_queue) from None
         except ClosedError:
             raise ServiceError(503, "shutting_down", _DRAINING, retry_after=1) from None
-        except (TypeError, ValueError) as err:
-            raise ServiceError(422, "validation", str(err), exception=type(err).__name__) from None
-        except MemoryError as err:
-            raise ServiceError(413, "too_large", str(err), field="documents", exception=type(err).__name__) from None
+        except (TypeError, ValueError, MemoryError) as err:
+            raise _library_error(err) from None
 
     def _run(self, key: Hashable, items: list[_Item]) -> list[CompressionResult]:
         """One batch, in the model thread: one padded filter pass for requests with the same options."""
@@ -272,46 +298,28 @@ class CompressionService:
             r.timings["queue"] = started - i.submitted
         return results
 
-    async def warm(self, request: Request) -> Response:
-        """``POST /v1/warm``: encode the chunks the server's cache lacks (``GemFilterCompressor.warm``), in a
-        worker thread beside the batches; 409 when the server has no cache."""
-        started = time.monotonic()
-        if self.draining:
-            return self._fail(COMPRESS_WARM, ServiceError(503, "shutting_down", _DRAINING, retry_after=1))
-        self.in_flight += 1
+    async def _warm(self, request: Request) -> tuple[Any, None] | None:
         try:
-            try:
-                body = await self._read_body(request)
-            except ClientDisconnect:
-                self.metrics.requests.labels(WARM_ROUTE, "499").inc()
-                return Response(status_code=499)
-            req = validate(WarmRequest, _json(body))
-            self._check_documents(len(req.documents), "chunks", "warm them in smaller requests")
-            _, compressor = self._sibling(req.options)
-            cache = compressor.cache
-            if cache is None:
-                raise ServiceError(
-                    409,
-                    "no_cache",
-                    "cache: this server has no chunk cache to warm; start it with gemfilter serve --cache-mib N "
-                    "(and/or --cache-file PATH).",
-                    field="documents",
-                )
+            body = await self._read_body(request)
+        except ClientDisconnect:
+            return None
+        req = validate(WarmRequest, _json(body))
+        self._check_documents(len(req.documents), "chunks", "warm them in smaller requests")
+        _, compressor = self._sibling(req.options)
+        cache = compressor.cache
+        if cache is None:
+            raise ServiceError(
+                409,
+                "no_cache",
+                "cache: this server has no chunk cache to warm; start it with gemfilter serve --cache-mib N "
+                "(and/or --cache-file PATH).",
+                field="documents",
+            )
+        try:
             encoded = await asyncio.to_thread(compressor.warm, req.documents)
-        except ServiceError as err:
-            return self._fail(COMPRESS_WARM, err)
-        except (TypeError, ValueError) as err:
-            return self._fail(COMPRESS_WARM, ServiceError(422, "validation", str(err), exception=type(err).__name__))
-        except MemoryError as err:
-            err_ = ServiceError(413, "too_large", str(err), field="documents", exception=type(err).__name__)
-            return self._fail(COMPRESS_WARM, err_)
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0 and self._idle is not None:
-                self._idle.set()
-        self.metrics.requests.labels(WARM_ROUTE, "200").inc()
-        self.metrics.latency.labels(WARM_ROUTE).observe(time.monotonic() - started)
-        return JSONResponse({"documents": len(req.documents), "encoded": encoded, "cache": cache.stats()})
+        except (TypeError, ValueError, MemoryError) as err:
+            raise _library_error(err) from None
+        return {"documents": len(req.documents), "encoded": encoded, "cache": cache.stats()}, None
 
     def _observe(self, stats: BatchStats) -> None:
         self.metrics.batch_size.observe(stats.size)
@@ -396,6 +404,13 @@ def _cut(
         return prompt, []
     (prompt,) = build_prompts(compressor.plan, [(texts, call.query)])
     return prompt, cut
+
+
+def _library_error(err: Exception) -> ServiceError:
+    """The answer to a library error: 413 for a ``MemoryError`` (the memory guard), else 422."""
+    if isinstance(err, MemoryError):
+        return ServiceError(413, "too_large", str(err), field="documents", exception=type(err).__name__)
+    return ServiceError(422, "validation", str(err), exception=type(err).__name__)
 
 
 def _too_large_body(size: int, limit: int) -> ServiceError:
