@@ -38,7 +38,7 @@ def make_docs(texts: list[str] = TEXTS, scores: bool = True) -> list[Document]:
 def test_exports() -> None:
     import haystack_integrations.components.rankers.gemfilter as package
 
-    assert package.__all__ == ["GemFilterDocumentCompressor", "__version__"]
+    assert package.__all__ == ["GemFilterCacheWarmer", "GemFilterDocumentCompressor", "__version__"]
     for name in package.__all__:
         assert getattr(package, name) is not None
 
