@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -81,8 +82,9 @@ def convert_default_model(target: Path) -> Path:
     from gemfilter_rag.loading import load_model
 
     lm, tok = load_model(None, device="cpu", quantize=None)  # float32 weights: the file is the model itself
-    part = target.with_name(target.name + ".part")
-    part.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of this process's own: two runs started together each write theirs, the first to finish wins
+    part = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".part", dir=target.parent))
     tied = bool(getattr(lm.config, "tie_word_embeddings", False))
     state = {
         k: v.detach().contiguous().clone() for k, v in lm.state_dict().items() if not (tied and k == "lm_head.weight")
@@ -100,7 +102,12 @@ def convert_default_model(target: Path) -> Path:
     tcfg = json.loads(tcfg_path.read_text())
     tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # a class name transformers 4.x knows
     tcfg_path.write_text(json.dumps(tcfg, indent=2))
-    os.replace(part, target)
+    try:
+        os.replace(part, target)
+    except OSError:  # another run put the model there first
+        if not (target / "model.safetensors").exists():
+            raise
+        shutil.rmtree(part, ignore_errors=True)
     return target
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -75,8 +77,53 @@ def prompt_frame(tokenizer: Any, template: str, use_chat_template: bool) -> tupl
     return prefix, middle, suffix
 
 
+TOKENIZED_TOKENS = 1 << 18
+"""Tokens of documents remembered per tokenizer (about 100 bytes each; least recently used out first), so that
+chunks that come back query after query, as in RAG, are not tokenized again. A document of more than an eighth
+of it is not remembered."""
+
+
+@dataclass
+class _Memo:
+    size: int  # the tokenizer's vocabulary size when the memo was made
+    docs: OrderedDict[str, TokenizedDocument] = field(default_factory=OrderedDict)
+    tokens: int = 0
+
+
+_TOKENIZED: weakref.WeakKeyDictionary[Any, _Memo] = weakref.WeakKeyDictionary()
+_TOKENIZED_LOCK = threading.Lock()
+
+
 def tokenize_document(tokenizer: Any, text: str) -> TokenizedDocument:
-    """Tokenize one document and give each token a contiguous span of it."""
+    """Tokenize one document and give each token a contiguous span of it (documents seen recently are
+    remembered per tokenizer, ``TOKENIZED_TOKENS``: the result is shared, so never change its lists)."""
+    if not text:
+        return TokenizedDocument(text, [], [], [])
+    try:
+        size = len(tokenizer)  # a token added to the vocabulary makes what was remembered stale
+        with _TOKENIZED_LOCK:
+            memo = _TOKENIZED.get(tokenizer)
+            if memo is None or memo.size != size:
+                memo = _TOKENIZED[tokenizer] = _Memo(size)
+            found = memo.docs.get(text)
+            if found is not None:
+                memo.docs.move_to_end(text)
+                return found
+    except TypeError:  # a tokenizer without len() or that cannot be weakly referenced: nothing remembered
+        return _tokenize(tokenizer, text)
+    doc = _tokenize(tokenizer, text)
+    n = len(doc.ids)
+    if n <= TOKENIZED_TOKENS // 8:
+        with _TOKENIZED_LOCK:
+            if text not in memo.docs:
+                memo.docs[text] = doc
+                memo.tokens += n
+            while memo.tokens > TOKENIZED_TOKENS:
+                memo.tokens -= len(memo.docs.popitem(last=False)[1].ids)
+    return doc
+
+
+def _tokenize(tokenizer: Any, text: str) -> TokenizedDocument:
     if not text:
         return TokenizedDocument(text, [], [], [])
     plain = _plain_text_backend(tokenizer, text)

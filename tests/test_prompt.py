@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -151,3 +152,46 @@ def test_special_token_text_in_a_document_stays_plain_text(tokenizer: Any) -> No
     assert ids.count(tokenizer.convert_tokens_to_ids("<|assistant|>")) == 1
     # and the shared tokenizer is unchanged for everyone else
     assert specials & set(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_a_document_seen_before_is_not_tokenized_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymodels import build_tokenizer
+
+    import gemfilter_rag.prompt as prompt_module
+
+    tok = copy.deepcopy(build_tokenizer())  # its own: a token is added below
+    calls: list[str] = []
+    real = prompt_module._tokenize
+
+    def counting(tokenizer: Any, text: str) -> Any:
+        calls.append(text)
+        return real(tokenizer, text)
+
+    monkeypatch.setattr(prompt_module, "_tokenize", counting)
+    text = "Cities send messages. Cambridge tells you to be smarter."
+    first = tokenize_document(tok, text)
+    assert tokenize_document(tok, text) is first and calls == [text]
+    assert first == real(tok, text)
+    # a token added to the vocabulary makes what was remembered stale
+    tok.add_tokens(["Cambridge"])
+    again = tokenize_document(tok, text)
+    assert calls == [text, text] and again != first and again == real(tok, text)
+
+
+def test_what_is_remembered_stays_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymodels import build_tokenizer
+
+    import gemfilter_rag.prompt as prompt_module
+
+    monkeypatch.setattr(prompt_module, "TOKENIZED_TOKENS", 1000)
+    tok = build_tokenizer()
+    texts = [f"Document {i} says that the river runs through the valley number {i}." for i in range(40)]
+    docs = [tokenize_document(tok, t) for t in texts]
+    memo = prompt_module._TOKENIZED[tok]
+    assert 0 < memo.tokens <= 1000 and memo.tokens == sum(len(d.ids) for d in memo.docs.values())
+    assert sum(len(d.ids) for d in docs) > 1000 and len(memo.docs) < len(texts)  # some were let go
+    assert list(memo.docs) == texts[-len(memo.docs) :]  # the most recent kept
+    assert tokenize_document(tok, texts[-1]) is docs[-1]
+    long = "word " * 200  # more than an eighth of the bound: not remembered
+    tokenize_document(tok, long)
+    assert long not in memo.docs
