@@ -83,6 +83,40 @@ def lru_evict(sizes: Mapping[str, int], max_bytes: int) -> list[str]:
     return out
 
 
+def cache_arguments(mib: Any, path: Any, dtype: Any = None, *, name: str = "cache_{}") -> dict[str, Any] | None:
+    """``ChunkCache`` keyword arguments from the settings a command line or an application builder gives
+    (strings are read): the MiB to keep in memory, the file, the stored precision. None where neither a size
+    nor a file is given. A bad value is refused under the name it was given by: ``name`` formats ``mib``,
+    ``file`` and ``dtype`` (``"--cache-{}"`` on a command line)."""
+    if mib is None and path is None:
+        if dtype is not None:
+            raise ValueError(
+                f"{name.format('dtype')}: given without {name.format('mib')} or {name.format('file')}; "
+                f"add {name.format('mib')} 512 to keep a cache of 512 MiB in memory."
+            )
+        return None
+    out: dict[str, Any] = {"path": None if path is None else str(path)}
+    if mib is not None:
+        try:
+            value = int(mib)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name.format('mib')}: {mib!r} is not a whole number of MiB; e.g. 512.") from None
+        if value < 0:
+            raise ValueError(
+                f"{name.format('mib')}: {value} is negative; give the MiB to keep in memory, e.g. 512 (0: file only)."
+            )
+        out["max_bytes"] = value << 20
+    if path is not None and Path(path).is_dir():
+        raise ValueError(
+            f"{name.format('file')}: {path} is a directory; give a file path, e.g. {Path(path) / 'chunks.sqlite'}."
+        )
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"{name.format('dtype')}: {dtype!r} is not valid; use one of {list(DTYPES)}.")
+        out["dtype"] = dtype
+    return out
+
+
 class ChunkCache:
     """Chunks' early-layer keys and values, in memory (LRU under ``max_bytes``) and optionally in one file.
 
@@ -104,6 +138,8 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self.dtype = dtype
         self.path = Path(path) if path is not None else None
+        if self.path is not None and self.path.is_dir():
+            raise ValueError(f"path: {path} is a directory; give a file path, e.g. {self.path / 'chunks.sqlite'}.")
         self._lock = threading.RLock()
         self._memory: OrderedDict[str, Packed] = OrderedDict()
         self._bytes = 0

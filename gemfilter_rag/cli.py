@@ -174,11 +174,9 @@ def _compressor(args: argparse.Namespace) -> Any:
         options["profile"] = args.profile
     cache_file = getattr(args, "cache_file", None)
     if cache_file is not None:
-        from .chunk_cache import ChunkCache
+        from .chunk_cache import ChunkCache, cache_arguments
 
-        if Path(cache_file).is_dir():
-            raise UsageError(f"--cache-file: {cache_file} is a directory; give a file, e.g. {cache_file}/chunks.sqlite")
-        options["cache"] = ChunkCache(path=cache_file)
+        options["cache"] = ChunkCache(**(cache_arguments(None, cache_file, name="--cache-{}") or {}))
     return GemFilterCompressor.from_pretrained(args.model, device=args.device, **options)
 
 

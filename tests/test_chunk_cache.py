@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gemfilter_rag import ChunkCache
-from gemfilter_rag.chunk_cache import EntryKey, lru_evict, sha256_ids, sha256_text
+from gemfilter_rag.chunk_cache import EntryKey, cache_arguments, lru_evict, sha256_ids, sha256_text
 from gemfilter_rag.chunk_store import checksum
 from gemfilter_rag.kv_pack import (
     ChunkKV,
@@ -240,3 +240,26 @@ def test_processes_share_one_file(tmp_path: Path) -> None:
     assert cache.stats()["disk_entries"] == 30
     assert all(cache.get(key(f"chunk {i}")) is not None for i in range(30))
     assert cache.stats()["rejected"] == 0
+
+
+def test_cache_arguments_read_an_apps_strings_and_name_each_bad_value(tmp_path: Path) -> None:
+    assert cache_arguments(None, None) is None  # neither a size nor a file: no cache
+    store = tmp_path / "chunks.sqlite"
+    assert cache_arguments("64", None, "int8") == {"path": None, "max_bytes": 64 << 20, "dtype": "int8"}
+    assert cache_arguments(None, store) == {"path": str(store)}
+    ChunkCache(**(cache_arguments("1", store) or {}))  # what it gives, ChunkCache takes
+    with pytest.raises(ValueError, match="cache_dtype: given without cache_mib or cache_file"):
+        cache_arguments(None, None, "int8")
+    with pytest.raises(ValueError, match="cache_mib: 'lots' is not a whole number"):
+        cache_arguments("lots", None)
+    with pytest.raises(ValueError, match="--cache-mib: -1 is negative"):
+        cache_arguments(-1, None, name="--cache-{}")
+    with pytest.raises(ValueError, match="cache_file: .* is a directory"):
+        cache_arguments(None, tmp_path)
+    with pytest.raises(ValueError, match="cache_dtype: 'bf16' is not valid"):
+        cache_arguments(8, None, "bf16")
+
+
+def test_a_directory_is_refused_as_the_store_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="path: .* is a directory; give a file path"):
+        ChunkCache(path=tmp_path)

@@ -124,7 +124,9 @@ def test_cache_flags_become_chunk_cache_arguments(tmp_path: Path) -> None:
     opts = load_options(parse("--cache-mib", "64", "--cache-dtype", "int8"))
     assert opts["cache"] == {"dtype": "int8", "path": None, "max_bytes": 64 << 20}
     store = tmp_path / "chunks.sqlite"
-    assert load_options(parse("--cache-file", str(store)))["cache"] == {"dtype": "fp16", "path": str(store)}
+    assert load_options(parse("--cache-file", str(store)))["cache"] == {"path": str(store)}  # ChunkCache's dtype
+    with pytest.raises(ValueError, match="--cache-dtype: given without --cache-mib or --cache-file"):
+        load_options(parse("--cache-dtype", "int8"))
     with pytest.raises(ValueError, match="--cache-mib"):
         load_options(parse("--cache-mib", "-1"))
     with pytest.raises(ValueError, match="--cache-file: .* is a directory"):

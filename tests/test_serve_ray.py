@@ -169,3 +169,7 @@ def test_the_application_builder_reads_string_arguments(tiny_dir: Path) -> None:
     assert scaled._deployment_config.autoscaling_config.max_replicas == 4
     with pytest.raises(TypeError, match="unknown setting"):
         app({"max_bach": "3"})
+    with pytest.raises(ValueError, match="cache_mib: -1 is negative"):  # refused when built, not in each replica
+        app({"cache_mib": "-1"})
+    with pytest.raises(ValueError, match="cache_dtype: given without cache_mib or cache_file"):
+        app({"cache_dtype": "int8"})

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="keep the chunk cache in this SQLite file too (made if missing; replicas and restarts share it)",
     )
     cache.add_argument(
-        "--cache-dtype", choices=["fp16", "int8", "fp32"], default="fp16", help="stored precision (default fp16)"
+        "--cache-dtype", choices=["fp16", "int8", "fp32"], default=None, help="stored precision (default fp16)"
     )
     ray = p.add_argument_group("Ray Serve (pip install 'gemfilter-rag[ray]')")
     ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of a single uvicorn process")
@@ -87,17 +87,14 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cache_options(args: argparse.Namespace) -> dict[str, Any] | None:
     """``ChunkCache`` keyword arguments from ``--cache-mib``/``--cache-file``/``--cache-dtype`` (None: no cache)."""
-    mib, path = getattr(args, "cache_mib", None), getattr(args, "cache_file", None)
-    if mib is None and path is None:
-        return None
-    if mib is not None and mib < 0:
-        raise ValueError(f"--cache-mib: {mib} is negative; give the MiB to keep in memory, e.g. 512 (0: file only).")
-    if path is not None and Path(path).is_dir():
-        raise ValueError(f"--cache-file: {path} is a directory; give a file path, e.g. {Path(path) / 'chunks.sqlite'}.")
-    out: dict[str, Any] = {"dtype": args.cache_dtype, "path": path}
-    if mib is not None:
-        out["max_bytes"] = int(mib) << 20
-    return out
+    from ..chunk_cache import cache_arguments
+
+    return cache_arguments(
+        getattr(args, "cache_mib", None),
+        getattr(args, "cache_file", None),
+        getattr(args, "cache_dtype", None),
+        name="--cache-{}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

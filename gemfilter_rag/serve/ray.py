@@ -101,13 +101,9 @@ def app(args: dict[str, str]) -> Any:
     """
     args = dict(args)
     load = {k: args.pop(k) for k in ("model", "device", "profile") if k in args}
-    cache: dict[str, Any] = {}
-    if "cache_mib" in args:
-        cache["max_bytes"] = int(args.pop("cache_mib")) << 20
-    if "cache_file" in args:
-        cache["path"] = args.pop("cache_file")
-    if "cache_dtype" in args:
-        cache["dtype"] = args.pop("cache_dtype")
+    from ..chunk_cache import cache_arguments
+
+    cache = cache_arguments(args.pop("cache_mib", None), args.pop("cache_file", None), args.pop("cache_dtype", None))
     actor: dict[str, Any] = {k: float(args.pop(k)) for k in ("num_cpus", "num_gpus") if k in args}
     scaling: dict[str, Any] = {k: int(args.pop(k)) for k in ("min_replicas", "max_replicas") if k in args}
     replicas = int(args.pop("num_replicas", 1))
@@ -116,7 +112,7 @@ def app(args: dict[str, str]) -> Any:
         load.get("model"),
         device=load.get("device"),
         profile=load.get("profile"),
-        options={"cache": cache} if cache else None,
+        options={"cache": cache} if cache is not None else None,
         settings=settings,
         num_replicas=replicas,
         autoscaling_config=scaling or None,
