@@ -194,7 +194,8 @@ def test_budget_one_below_length_cuts_tokens(
     top_k = min(budget, n - 1)
     result = compressor.compress(documents, query, top_k=top_k)
     check_invariants(result, documents, query, top_k)
-    assert fills_budget(result, top_k)
+    join = len(compressor.tokenizer(compressor.config.separator, add_special_tokens=False)["input_ids"])
+    assert fills_budget(result, top_k, join)  # one document kept may leave less room than a separator needs
     assert result.filter_layer == 1
 
 

@@ -141,11 +141,13 @@ def build_model(arch: str, attn_implementation: str = "sdpa") -> Any:
     return _MODELS[key]
 
 
-def fills_budget(result: Any, budget: int) -> bool:
+def fills_budget(result: Any, budget: int, join: int | None = None) -> bool:
     """Whether ``result``'s text (kept tokens plus separators) fits ``budget`` and holds as many tokens as fit
-    the way token selection fills it: short of ``budget`` by less than one token and one separator."""
+    the way token selection fills it: short of ``budget`` by less than one token and one separator (``join``:
+    the separator's tokens, read from the result where it holds one; a token of another document needs one)."""
     joins = sum(1 for d in result.documents if d.text) - 1
-    join = result.separator_tokens // joins if joins > 0 else 0
+    if join is None:
+        join = result.separator_tokens // joins if joins > 0 else 0
     return bool(budget - join <= result.output_tokens <= budget)
 
 
