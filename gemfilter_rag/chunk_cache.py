@@ -83,6 +83,12 @@ def lru_evict(sizes: Mapping[str, int], max_bytes: int) -> list[str]:
     return out
 
 
+def _refuse_directory(path: str | Path, name: str) -> None:
+    """A store's path must name a file: a directory is refused under ``name``."""
+    if Path(path).is_dir():
+        raise ValueError(f"{name}: {path} is a directory; give a file path, e.g. {Path(path) / 'chunks.sqlite'}.")
+
+
 def cache_arguments(mib: Any, path: Any, dtype: Any = None, *, name: str = "cache_{}") -> dict[str, Any] | None:
     """``ChunkCache`` keyword arguments from the settings a command line or an application builder gives
     (strings are read): the MiB to keep in memory, the file, the stored precision. None where neither a size
@@ -106,10 +112,8 @@ def cache_arguments(mib: Any, path: Any, dtype: Any = None, *, name: str = "cach
                 f"{name.format('mib')}: {value} is negative; give the MiB to keep in memory, e.g. 512 (0: file only)."
             )
         out["max_bytes"] = value << 20
-    if path is not None and Path(path).is_dir():
-        raise ValueError(
-            f"{name.format('file')}: {path} is a directory; give a file path, e.g. {Path(path) / 'chunks.sqlite'}."
-        )
+    if path is not None:
+        _refuse_directory(path, name.format("file"))
     if dtype is not None:
         if dtype not in DTYPES:
             raise ValueError(f"{name.format('dtype')}: {dtype!r} is not valid; use one of {list(DTYPES)}.")
@@ -138,8 +142,8 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self.dtype = dtype
         self.path = Path(path) if path is not None else None
-        if self.path is not None and self.path.is_dir():
-            raise ValueError(f"path: {path} is a directory; give a file path, e.g. {self.path / 'chunks.sqlite'}.")
+        if self.path is not None:
+            _refuse_directory(self.path, "path")
         self._lock = threading.RLock()
         self._memory: OrderedDict[str, Packed] = OrderedDict()
         self._bytes = 0

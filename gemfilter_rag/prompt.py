@@ -124,8 +124,7 @@ def tokenize_document(tokenizer: Any, text: str) -> TokenizedDocument:
 
 
 def _tokenize(tokenizer: Any, text: str) -> TokenizedDocument:
-    if not text:
-        return TokenizedDocument(text, [], [], [])
+    """``tokenize_document``'s work, for a text that is not empty."""
     plain = _plain_text_backend(tokenizer, text)
     if plain is not None:  # the text holds a special token's string, e.g. "<|im_end|>": keep it plain text
         encoding = plain.encode(text, add_special_tokens=False)

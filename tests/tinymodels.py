@@ -151,9 +151,14 @@ def fills_budget(result: Any, budget: int, join: int | None = None) -> bool:
     return bool(budget - join <= result.output_tokens <= budget)
 
 
+def separator_tokens(compressor: Any) -> int:
+    """Tokens of ``compressor``'s separator between two documents (``config.separator``)."""
+    return len(compressor.tokenizer(compressor.config.separator, add_special_tokens=False)["input_ids"])
+
+
 def fills_kept(kept: list[int], budget: int, compressor: Any) -> bool:
     """``fills_budget`` for an adapter's output: ``kept`` holds the kept tokens of each document handed on;
     a separator of ``compressor``'s (``config.separator``) is counted between every two of them."""
-    join = len(compressor.tokenizer(compressor.config.separator, add_special_tokens=False)["input_ids"])
+    join = separator_tokens(compressor)
     used = sum(kept) + join * max(0, sum(1 for k in kept if k) - 1)
     return bool(budget - join <= used <= budget)
