@@ -13,10 +13,11 @@ unit); BM25 over the 20 passages (k1 1.2, b 0.75), and with the title's words co
 filter model's hidden state entering layer l (each token's state unit-normed, mean-pooled over the
 passage, or over the question, each encoded alone; centred by the 20 passages' mean), by cosine, and by a
 cosine with learned per-dimension weights (a listwise softmax over the 20, fitted on lines 0-699 with an L2
-pull towards 1; every rate is on lines 700-999). Layers 0..9 are the ones an exit at no more than 0.35 of
-the default model's 30 layers can read.
+pull towards 1; every rate is on lines 700-999). The layers read are the ones an exit at no more than 0.35 of
+the model's layers can read: 0..9 of the default's 30, 0..5 of Gemma 3 270M's 18.
 
     python -m benchmarks.nq_ranking --threads 1
+    python -m benchmarks.nq_ranking --threads 1 --model gemma3-270m
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ OUT = Path(__file__).parent / "results"
 DISTRACTORS = 19
 FIT = range(0, 700)
 """Training lines the learned weights are fitted on; the rates are on the rest of ``NQ_TRAIN``."""
-LAYERS = tuple(range(10))
+EXIT_SHARE = 0.35
+"""The largest share of the model's layers an exit may read (issue 19's bound)."""
 TOPS = (1, 2, 3)
+
+
+def early_layers(num_layers: int) -> tuple[int, ...]:
+    """The layers an exit at no more than ``EXIT_SHARE`` of ``num_layers`` reads: 0 .. floor(share * n) - 1."""
+    return tuple(range(max(1, int(EXIT_SHARE * num_layers))))
 
 
 def gold_rank(scores: np.ndarray) -> int:
@@ -146,8 +153,11 @@ def fit_weights(questions: torch.Tensor, passages: torch.Tensor, l2: float = 1e-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", default=str(OUT / "nq_ranking"), help="results path without suffix (.json, .md)")
+    p.add_argument("--model", default=None, help="filter model: a short name or a path (default: the default model)")
+    p.add_argument("--out", default=None, help="results path without suffix (default: results/nq_ranking[_MODEL])")
     args = p.parse_args(argv)
+    suffix = "" if args.model is None else "-" + Path(str(args.model)).name.replace("_", "-")
+    out = Path(args.out) if args.out else OUT / ("nq_ranking" + suffix.replace("-", "_"))
     if args.threads:
         torch.set_num_threads(args.threads)
     from gemfilter_rag.embeddings import minilm
@@ -171,15 +181,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row, i in enumerate(lines):
         sims = (doc_vec @ q_vec[row]).tolist()
         candidates.append([i, *hard_distractors(sims, i, DISTRACTORS)])
-    model, tokenizer = load_model(None, device="cpu", quantize=None)
+    model, tokenizer = load_model(args.model, device="cpu", quantize=None)
+    layers = early_layers(len(decoder_layers(model)))
     used = sorted({j for c in candidates for j in c})
     h_doc = cached(
-        f"nq-ranking-states-corpus-{len(used)}",
-        lambda: pooled_states(model, tokenizer, [corpus[j] for j in used], LAYERS),
+        f"nq-ranking-states{suffix}-corpus-{len(used)}",
+        lambda: pooled_states(model, tokenizer, [corpus[j] for j in used], layers),
     )
     h_q = cached(
-        f"nq-ranking-states-questions-{len(lines)}",
-        lambda: pooled_states(model, tokenizer, [f"Question: {records[i]['question']}" for i in lines], LAYERS),
+        f"nq-ranking-states{suffix}-questions-{len(lines)}",
+        lambda: pooled_states(model, tokenizer, [f"Question: {records[i]['question']}" for i in lines], layers),
     )
     where = {j: k for k, j in enumerate(used)}
     cand_idx = torch.tensor([[where[j] for j in c] for c in candidates])  # (Q, 20)
@@ -202,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         ranks[name] = [gold_rank(np.asarray(score(k))) for k in test]
     hq, hd = torch.from_numpy(h_q), torch.from_numpy(h_doc)  # (Q, L, d), (C', L, d)
-    for li, layer in enumerate(LAYERS):
+    for li, layer in enumerate(layers):
         passages = hd[cand_idx][:, :, li]  # (Q, 20, d)
         questions = hq[:, li]  # (Q, d)
         plain = centred_cosine(questions[test], passages[test])  # (Q_test, 20)
@@ -210,10 +221,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         w = fit_weights(questions[fit], passages[fit])
         learned = centred_cosine(questions[test], passages[test], w)
         ranks[f"filter model, state into layer {layer}, learned weights"] = [gold_rank(s.numpy()) for s in learned]
-    report(ranks, len(test), time.perf_counter() - t0, Path(args.out))
+    name = args.model or "the default model"
+    report(ranks, len(test), time.perf_counter() - t0, out, f"{name}, {len(decoder_layers(model))} layers")
 
 
-def report(ranks: dict[str, list[int]], n: int, seconds: float, out: Path) -> None:
+def report(ranks: dict[str, list[int]], n: int, seconds: float, out: Path, model: str) -> None:
     """Rates with Wilson intervals, and the exact McNemar test of each signal's top 2 against MiniLM's."""
     reference = next(iter(ranks))
     ref_top2 = [r < 2 for r in ranks[reference]]
@@ -226,7 +238,7 @@ def report(ranks: dict[str, list[int]], n: int, seconds: float, out: Path) -> No
     where = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads"
     commit = (git_commit() or "unknown")[:7]
     lines = [
-        f"Machine: {where}, transformers {m['transformers']}; commit {commit}; {seconds:.0f} s.",
+        f"Machine: {where}, transformers {m['transformers']}; commit {commit}; {seconds:.0f} s. Filter model: {model}.",
         f"NQ training lines 700-999 (n={n}; weights fitted on lines 0-699), the gold passage among",
         "its 19 nearest other gold passages (all-MiniLM-L6-v2); `python -m benchmarks.nq_ranking`.",
         "",
@@ -240,7 +252,7 @@ def report(ranks: dict[str, list[int]], n: int, seconds: float, out: Path) -> No
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
-        json.dumps({"machine": m, "commit": commit, "seconds": seconds, "rows": rows}, indent=2)
+        json.dumps({"machine": m, "commit": commit, "model": model, "seconds": seconds, "rows": rows}, indent=2)
     )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

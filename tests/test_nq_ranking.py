@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.nq_ranking import bm25, centred_cosine, fit_weights, gold_rank, pooled_states
+from benchmarks.nq_ranking import bm25, centred_cosine, early_layers, fit_weights, gold_rank, pooled_states
 from tests.tinymodels import build_model, build_tokenizer
 
 
@@ -53,3 +53,11 @@ def test_centred_cosine_ignores_what_every_passage_shares_and_learned_weights_fi
     assert w[:4].mean() > w[4:].mean()
     learned = centred_cosine(questions, passages, w)
     assert (learned.argmax(-1) == 0).float().mean() >= (plain.argmax(-1) == 0).float().mean()
+
+
+def test_early_layers_stay_within_the_exit_share():
+    assert early_layers(30) == tuple(range(10))  # 10 / 30 = 0.33 of the default model
+    assert early_layers(18) == tuple(range(6))  # 6 / 18 = 0.33 of Gemma 3 270M
+    assert early_layers(2) == (0,)  # a tiny model still reads one layer
+    for n in (2, 7, 18, 30, 64):
+        assert len(early_layers(n)) / n <= 0.35 or n < 3
