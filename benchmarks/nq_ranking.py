@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from gemfilter_rag.embeddings import minilm
     from gemfilter_rag.loading import load_model
+    from gemfilter_rag.shipped import shipped
 
     t0 = time.perf_counter()
     records = load_nq()
@@ -181,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row, i in enumerate(lines):
         sims = (doc_vec @ q_vec[row]).tolist()
         candidates.append([i, *hard_distractors(sims, i, DISTRACTORS)])
-    model, tokenizer = load_model(args.model, device="cpu", quantize=None)
+    spec = shipped(args.model)  # a short name ("gemma3-270m") or a path
+    model, tokenizer = load_model(spec.directory() if spec else args.model, device="cpu", quantize=None)
     layers = early_layers(len(decoder_layers(model)))
     used = sorted({j for c in candidates for j in c})
     h_doc = cached(
