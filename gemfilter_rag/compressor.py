@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -88,6 +89,7 @@ class GemFilterCompressor:
         filter_model = FilterModel(model, tokenizer, profile, match_profile=config is None)
         base = config or (filter_model.profile.config() if filter_model.profile else GemFilterConfig())
         self._plan = _plan(filter_model, base, options, _embedder(embeddings), cache, cache_mode)
+        _warn_unread_embeddings(self._plan, stacklevel=3)
 
     @property
     def plan(self) -> pipeline.Plan:
@@ -238,8 +240,11 @@ class GemFilterCompressor:
 
     def with_embeddings(self, embeddings: Any) -> GemFilterCompressor:
         """A sibling sharing the model, tokenizer, configuration and profile, whose readout uses another
-        embedding model (see the class; None: attention alone)."""
-        return self._sibling(dataclasses.replace(self._plan, embedder=_embedder(embeddings)))
+        embedding model (see the class; None: attention alone). Warns when no variant of the readout reads
+        embedding similarities: they then only prefilter prompts longer than the model's window."""
+        plan = dataclasses.replace(self._plan, embedder=_embedder(embeddings))
+        _warn_unread_embeddings(plan, stacklevel=3)
+        return self._sibling(plan)
 
     def _sibling(self, plan: pipeline.Plan) -> GemFilterCompressor:
         sibling = copy.copy(self)  # the FilterModel (model, tokenizer, profile) is shared
@@ -400,6 +405,21 @@ class GemFilterCompressor:
         scores = check_document_scores(document_scores, len(prompt.documents))
         evidence = pipeline.evidence_for(self._plan, prompt, query or "", scores)
         return pipeline.score_prompt(self._plan, prompt, units, evidence).tokens
+
+
+def _warn_unread_embeddings(plan: pipeline.Plan, stacklevel: int) -> None:
+    """Warn when ``plan`` has an embedding model that no variant of its readout reads."""
+    scorer = plan.scorer
+    if plan.embedder is None or not isinstance(scorer, ReadoutScorer):
+        return
+    if not any(r.uses_embeddings for r in scorer.readouts.variants.values()):
+        warnings.warn(
+            "embeddings: this profile's readout has no variant that reads embedding similarities, so they change "
+            "no score and only prefilter prompts longer than the model's window; for a readout with MiniLM "
+            "features, load GemFilterCompressor.from_pretrained('smollm2-previous').",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def _embedder(embeddings: Any) -> Embedder | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -305,6 +306,22 @@ def test_siblings_share_the_model_and_keep_the_profile() -> None:
         comp.with_embeddings(42)
     with pytest.raises(ValueError, match="embeddings"):
         comp.with_embeddings("minilm")
+
+
+def test_embeddings_no_readout_variant_reads_are_named_in_a_warning() -> None:
+    """The shipped default's readout has only the attention variant: an embedding model given to it changes no
+    score, and the user is told so (and where a readout that reads one is)."""
+    full = tiny_readouts()
+    attention_only = ReadoutSet(full.layer, full.heads, {"attention": full.variants["attention"]}, {"test": True})
+    plain = readout_compressor("llama", attention_only)
+    with pytest.warns(UserWarning, match="embeddings: .*no variant.*smollm2-previous"):
+        plain.with_embeddings(fake_embeddings)
+    with pytest.warns(UserWarning, match="embeddings: "):
+        readout_compressor("llama", attention_only, embeddings=fake_embeddings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        readout_compressor("llama").with_embeddings(fake_embeddings)  # a variant reads them: no warning
+        plain.with_embeddings(None)
 
 
 def test_embeddings_prefilter_long_prompts_before_any_pass(monkeypatch: pytest.MonkeyPatch) -> None:
