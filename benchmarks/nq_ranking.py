@@ -163,25 +163,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     from gemfilter_rag.embeddings import minilm
     from gemfilter_rag.loading import load_model
     from gemfilter_rag.shipped import shipped
+    from gemfilter_rag.training import nq_similarities
 
     t0 = time.perf_counter()
     records = load_nq()
     corpus = [nq_passage(r) for r in records]
     lines = list(NQ_TRAIN)
-    embed = minilm()
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    doc_vec = cached(f"nq-ranking-minilm-corpus-{len(corpus)}", lambda: unit(embed.embed(corpus)))  # (C, E)
-    q_vec = cached(
-        f"nq-ranking-minilm-questions-{len(lines)}",
-        lambda: unit(embed.embed([str(records[i]["question"]) for i in lines])),
-    )
-    candidates = []  # per question: gold first, then its 19 nearest other passages
-    for row, i in enumerate(lines):
-        sims = (doc_vec @ q_vec[row]).tolist()
-        candidates.append([i, *hard_distractors(sims, i, DISTRACTORS)])
+    sims = nq_similarities(records, minilm())  # (Q, C): every question against every gold passage
+    # per question: gold first, then its 19 nearest other passages
+    candidates = [[i, *hard_distractors(sims[i].tolist(), i, DISTRACTORS)] for i in lines]
     spec = shipped(args.model)  # a short name ("gemma3-270m") or a path
     model, tokenizer = load_model(spec.directory() if spec else args.model, device="cpu", quantize=None)
     layers = early_layers(len(decoder_layers(model)))
@@ -198,25 +188,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     cand_idx = torch.tensor([[where[j] for j in c] for c in candidates])  # (Q, 20)
     test = [k for k, i in enumerate(lines) if i not in FIT]
     fit = [k for k, i in enumerate(lines) if i in FIT]
+    texts = {k: (str(records[lines[k]]["question"]), [corpus[j] for j in candidates[k]]) for k in test}
     ranks: dict[str, list[int]] = {}
     for name, score in (
-        ("all-MiniLM-L6-v2 cosine (the second model)", lambda k: doc_vec[candidates[k]] @ q_vec[k]),
+        ("all-MiniLM-L6-v2 cosine (the second model)", lambda k: sims[lines[k], candidates[k]]),
         (
             "`overlap` (the readout's idf-weighted share)",
-            lambda k: overlap_features(
-                str(records[lines[k]]["question"]), [corpus[j] for j in candidates[k]], list(range(len(candidates[k])))
-            )[:, 0].numpy(),
+            lambda k: overlap_features(*texts[k], list(range(len(candidates[k]))))[:, 0].numpy(),
         ),
-        ("BM25", lambda k: bm25(str(records[lines[k]]["question"]), [corpus[j] for j in candidates[k]])),
-        (
-            "BM25, title words once more",
-            lambda k: bm25(str(records[lines[k]]["question"]), [corpus[j] for j in candidates[k]], 1.0),
-        ),
+        ("BM25", lambda k: bm25(*texts[k])),
+        ("BM25, title words once more", lambda k: bm25(*texts[k], 1.0)),
     ):
         ranks[name] = [gold_rank(np.asarray(score(k))) for k in test]
     hq, hd = torch.from_numpy(h_q), torch.from_numpy(h_doc)  # (Q, L, d), (C', L, d)
     for li, layer in enumerate(layers):
-        passages = hd[cand_idx][:, :, li]  # (Q, 20, d)
+        passages = hd[:, li][cand_idx]  # (Q, 20, d)
         questions = hq[:, li]  # (Q, d)
         plain = centred_cosine(questions[test], passages[test])  # (Q_test, 20)
         ranks[f"filter model, state into layer {layer}, cosine"] = [gold_rank(s.numpy()) for s in plain]
