@@ -225,7 +225,7 @@ class GemFilterCompressor:
         comp = cls(lm, tok, profile=profile, cache=cache, cache_mode=cache_mode, **options)
         if isinstance(embeddings, str) and embeddings == "auto":
             choice = comp.profile.embeddings if comp.profile is not None else "auto"
-            wanted = comp.readouts is not None and any(r.uses_embeddings for r in comp.readouts.variants.values())
+            wanted = comp.readouts is not None and comp.readouts.uses_embeddings
             embeddings = "default" if choice == "default" or (choice == "auto" and wanted) else None
         return comp.with_embeddings(embeddings) if embeddings is not None else comp
 
@@ -412,7 +412,7 @@ def _warn_unread_embeddings(plan: pipeline.Plan, stacklevel: int) -> None:
     scorer = plan.scorer
     if plan.embedder is None or not isinstance(scorer, ReadoutScorer):
         return
-    if not any(r.uses_embeddings for r in scorer.readouts.variants.values()):
+    if not scorer.readouts.uses_embeddings:
         warnings.warn(
             "embeddings: this profile's readout has no variant that reads embedding similarities, so they change "
             "no score and only prefilter prompts longer than the model's window; for a readout with MiniLM "

@@ -149,6 +149,11 @@ class ReadoutSet:
         return any(v.uses_hidden for v in self.variants.values())
 
     @property
+    def uses_embeddings(self) -> bool:
+        """Whether any variant reads embedding similarities (else an embedding model changes none of its scores)."""
+        return any(v.uses_embeddings for v in self.variants.values())
+
+    @property
     def uses_key_attention(self) -> bool:
         """Whether a pass for it records the rare-term rows' attention (``capture.PassRecord.key_attention``)."""
         return any(v.uses_key_attention for v in self.variants.values())

@@ -313,6 +313,7 @@ def test_embeddings_no_readout_variant_reads_are_named_in_a_warning() -> None:
     score, and the user is told so (and where a readout that reads one is)."""
     full = tiny_readouts()
     attention_only = ReadoutSet(full.layer, full.heads, {"attention": full.variants["attention"]}, {"test": True})
+    assert full.uses_embeddings and not attention_only.uses_embeddings
     plain = readout_compressor("llama", attention_only)
     with pytest.warns(UserWarning, match="embeddings: .*no variant.*smollm2-previous"):
         plain.with_embeddings(fake_embeddings)
